@@ -1,0 +1,329 @@
+"""Gateway (AIStore's primary proxy): cluster map, bucket metadata, redirects.
+
+Public REST subset (as the aistore SDK 1.26 and 2.x send it; see
+``reference/ais-etl-protocol.md`` §5):
+
+- ``GET /v1/daemon?what=smap|bmd|snode``, ``GET /v1/health``
+- ``GET /v1/buckets`` (list buckets), ``POST /v1/buckets/<b>`` ``create-bck``,
+  ``DELETE /v1/buckets/<b>`` ``destroy-bck``, ``HEAD /v1/buckets/<b>``,
+  ``GET /v1/buckets/<b>`` ``list`` (msgpack ``LsoRes`` with paging)
+- ``* /v1/objects/<b>/<o>``: 307 to the target HRW picks (the same HRW the SDK
+  computes client side)
+
+Intra-cluster: ``POST /v1/cluster/join`` (a target registers; the reply is
+the current smap and BMD, which are then pushed to every target with
+``PUT /v1/metasync``).
+
+The BMD persists in ``<data>/gateway/bmd.json`` (write-to-temp, fsync, rename),
+so a restarted cluster has its buckets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import os
+import secrets
+import time
+from typing import Any
+
+import aiohttp
+import msgspec
+import structlog
+from aiohttp import web
+
+from .errors import AlreadyExists, BadRequest, NodeUnavailable, bck_not_found
+from .httpd import error_middleware, json_response, read_action, split_obj_path
+from .names import make_uname, validate_bck_name, validate_obj_name
+from .smap import Smap, Snode
+from .target import serve_until_signalled, write_ready_file
+
+__all__ = ["Gateway", "GatewayConfig", "run_gateway"]
+
+log = structlog.get_logger("aioetl.gateway")
+
+DEFAULT_PAGE_SIZE = 10000
+_lso_enc = msgspec.msgpack.Encoder()
+_page_dec = msgspec.msgpack.Decoder()
+
+
+class GatewayConfig:
+    """Gateway settings, read once at the entry point.
+
+    Args:
+        node_id: the gateway's id (e.g. ``p-1a2b3c``).
+        data_dir: cluster data root; the BMD lives in ``<data_dir>/gateway``.
+        host, port: listen address; port 0 = ephemeral.
+        run_dir: where the ready file is written.
+    """
+
+    def __init__(self, *, node_id: str, data_dir: str, host: str = "127.0.0.1", port: int = 0, run_dir: str = "") -> None:
+        self.node_id, self.data_dir, self.host, self.port, self.run_dir = node_id, data_dir, host, port, run_dir
+
+
+def _atomic_write_json(path: str, doc: Any) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Gateway:
+    """The cluster's single gateway: owns smap and BMD, redirects object I/O."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        self.node_id = cfg.node_id
+        self.bmd_path = os.path.join(cfg.data_dir, "gateway", "bmd.json")
+        self.bmd: dict[str, Any] = self._load_bmd()
+        self.smap = Smap(proxy=Snode(cfg.node_id, "proxy", ""), uuid=self.bmd.get("cluster_uuid", ""))
+        self.session: aiohttp.ClientSession | None = None
+        self._meta_lock = asyncio.Lock()
+        self.log = log.bind(gateway=cfg.node_id)
+
+    def _load_bmd(self) -> dict[str, Any]:
+        try:
+            with open(self.bmd_path) as f:
+                bmd: dict[str, Any] = json.load(f)
+                return bmd
+        except FileNotFoundError:
+            return {"version": 0, "buckets": {}, "cluster_uuid": secrets.token_hex(5)}
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[error_middleware(self.node_id)], client_max_size=1 << 40)
+        r = app.router
+        r.add_route("GET", "/v1/daemon", self.daemon)
+        r.add_route("GET", "/v1/health", self.health)
+        r.add_route("POST", "/v1/cluster/join", self.join)
+        r.add_route("GET", "/v1/buckets", self.list_buckets)
+        r.add_route("GET", "/v1/buckets/", self.list_buckets)
+        r.add_route("GET", "/v1/buckets/{bck}", self.bck_get)
+        r.add_route("POST", "/v1/buckets/{bck}", self.bck_post)
+        r.add_route("DELETE", "/v1/buckets/{bck}", self.bck_delete)
+        r.add_route("HEAD", "/v1/buckets/{bck}", self.bck_head)
+        r.add_route("*", "/v1/objects/{tail:.+}", self.redirect_object)
+        return app
+
+    # -- cluster -----------------------------------------------------------
+    async def daemon(self, request: web.Request) -> web.StreamResponse:
+        what = request.query.get("what", "smap")
+        if what == "smap":
+            return json_response(self.smap.to_json())
+        if what == "bmd":
+            return json_response(self.bmd)
+        if what == "snode":
+            return json_response(self.smap.proxy.to_json())
+        raise BadRequest(f'invalid query "what={what}"')
+
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=200)
+
+    async def join(self, request: web.Request) -> web.StreamResponse:
+        """A target registers (or re-registers with a new URL after a restart)."""
+        doc = await request.json()
+        node = Snode(str(doc["daemon_id"]), "target", str(doc["url"]))
+        async with self._meta_lock:
+            self.smap.targets[node.daemon_id] = node
+            self.smap.version += 1
+            self.log.info("target joined", target=node.daemon_id, url=node.url, version=self.smap.version)
+            meta = self._meta()
+        # push to the others in the background of this request; the joiner gets it in the reply
+        await self._metasync(meta, skip=node.daemon_id)
+        return json_response(meta)
+
+    def _meta(self) -> dict[str, Any]:
+        return {"smap": self.smap.to_json(), "bmd": self.bmd}
+
+    async def _metasync(self, meta: dict[str, Any], skip: str = "") -> None:
+        """Push smap+BMD to every target; a target that does not answer is logged."""
+        assert self.session is not None
+        targets = [t for t in self.smap.targets.values() if t.daemon_id != skip]
+
+        async def one(t: Snode) -> None:
+            try:
+                async with self.session.put(f"{t.url}/v1/metasync", json=meta) as r:  # type: ignore[union-attr]
+                    if r.status != 200:
+                        self.log.warning("metasync refused", target=t.daemon_id, status=r.status)
+            except aiohttp.ClientError as e:
+                self.log.warning("metasync failed", target=t.daemon_id, err=str(e))
+
+        await asyncio.gather(*(one(t) for t in targets))
+
+    async def _update_bmd(self, change: Any) -> None:
+        async with self._meta_lock:
+            change(self.bmd["buckets"])
+            self.bmd["version"] += 1
+            await asyncio.get_running_loop().run_in_executor(None, _atomic_write_json, self.bmd_path, self.bmd)
+            meta = self._meta()
+        await self._metasync(meta)
+
+    # -- buckets -----------------------------------------------------------
+    def _bck(self, request: web.Request) -> str:
+        bck = validate_bck_name(request.match_info["bck"])
+        provider = request.query.get("provider", "ais") or "ais"
+        if provider != "ais":
+            raise BadRequest(f'provider "{provider}" is not supported: aioetl holds ais:// buckets only')
+        return bck
+
+    def _require(self, bck: str) -> dict[str, Any]:
+        props: dict[str, Any] | None = self.bmd["buckets"].get(bck)
+        if props is None:
+            raise bck_not_found(bck)
+        return props
+
+    async def bck_post(self, request: web.Request) -> web.StreamResponse:
+        bck = self._bck(request)
+        action, value = await read_action(request)
+        if action == "create-bck":
+            if bck in self.bmd["buckets"]:
+                raise AlreadyExists(f'bucket "ais://{bck}" already exists')
+            props = {"provider": "ais", "created": time.time_ns(), "bid": secrets.randbits(48)}
+
+            def add(b: dict[str, Any]) -> None:
+                b[bck] = props
+
+            await self._update_bmd(add)
+            self.log.info("bucket created", bck=bck)
+            return web.Response(status=200)
+        raise BadRequest(f'invalid action "{action}" for POST /v1/buckets/{bck}')
+
+    async def bck_delete(self, request: web.Request) -> web.StreamResponse:
+        bck = self._bck(request)
+        action, _ = await read_action(request, required=False)
+        if action not in ("", "destroy-bck"):
+            raise BadRequest(f'invalid action "{action}" for DELETE /v1/buckets/{bck}')
+        self._require(bck)
+
+        def drop(b: dict[str, Any]) -> None:
+            b.pop(bck, None)
+
+        await self._update_bmd(drop)
+        self.log.info("bucket destroyed", bck=bck)
+        return web.Response(status=200)
+
+    async def bck_head(self, request: web.Request) -> web.StreamResponse:
+        bck = self._bck(request)
+        props = self._require(bck)
+        doc = {
+            "provider": "ais",
+            "name": bck,
+            "created": props["created"],
+            "bid": props["bid"],
+            "checksum": {"type": "xxhash"},
+        }
+        return web.Response(status=200, headers={"Ais-Bucket-Props": json.dumps(doc)})
+
+    async def list_buckets(self, request: web.Request) -> web.StreamResponse:
+        provider = request.query.get("provider", "")
+        if provider not in ("", "ais"):
+            return json_response([])
+        out = [
+            {"name": name, "provider": "ais", "namespace": {"uuid": "", "name": ""}}
+            for name in sorted(self.bmd["buckets"])
+        ]
+        return json_response(out)
+
+    async def bck_get(self, request: web.Request) -> web.StreamResponse:
+        bck = self._bck(request)
+        action, value = await read_action(request, required=False)
+        if action in ("", "list"):
+            self._require(bck)
+            return await self.list_objects(bck, value or {})
+        raise BadRequest(f'invalid action "{action}" for GET /v1/buckets/{bck}')
+
+    async def list_objects(self, bck: str, msg: dict[str, Any]) -> web.StreamResponse:
+        """One page of the bucket, merged in name order from every target.
+
+        ``msg`` is the SDK's ``ListObjectsMsg``: ``prefix``, ``pagesize``
+        (0 = 10,000), ``uuid`` and ``continuation_token`` (the last name of
+        the previous page). The reply is msgpack ``LsoRes`` with Go field names.
+        """
+        if not isinstance(msg, dict):
+            raise BadRequest("invalid list-objects message: expected an object")
+        prefix = str(msg.get("prefix") or "")
+        try:
+            pagesize = int(msg.get("pagesize") or 0) or DEFAULT_PAGE_SIZE
+        except (TypeError, ValueError):
+            raise BadRequest(f"invalid pagesize {msg.get('pagesize')!r}") from None
+        if pagesize < 0:
+            raise BadRequest(f"invalid pagesize {pagesize}")
+        uuid = str(msg.get("uuid") or "") or secrets.token_hex(8)
+        token = str(msg.get("continuation_token") or msg.get("start_after") or "")
+        props = str(msg.get("props") or "")
+        body = {"uuid": uuid, "prefix": prefix, "token": token, "pagesize": pagesize}
+        pages = await self._gather_targets("GET", f"/v1/buckets/{bck}", body)
+        more = any(p["more"] for p in pages)
+        merged = heapq.merge(*(p["entries"] for p in pages), key=lambda e: e[0])
+        entries = []
+        for e in merged:
+            if len(entries) == pagesize:
+                more = True
+                break
+            entries.append(e)
+        next_token = entries[-1][0] if (more and entries) else ""
+        want_all = not props or "all" in props
+        out_entries = []
+        for name, size, cksum, version, atime_ns, custom in entries:
+            ent: dict[str, Any] = {"n": name, "s": size, "f": 1 << 6, "c": 1}
+            if want_all or "checksum" in props:
+                ent["cs"] = cksum
+            if want_all or "version" in props:
+                ent["v"] = str(version)
+            if want_all or "atime" in props:
+                ent["a"] = time.strftime("%d %b %y %H:%M UTC", time.gmtime(atime_ns / 1e9))
+            if custom and (want_all or "custom" in props):
+                ent["m"] = ",".join(f"{k}={v}" for k, v in sorted(custom.items()))
+            out_entries.append(ent)
+        res = {"UUID": uuid, "ContinuationToken": next_token, "Entries": out_entries, "Flags": 0}
+        return web.Response(body=_lso_enc.encode(res), content_type="application/msgpack")
+
+    async def _gather_targets(self, method: str, path: str, body: Any) -> list[Any]:
+        assert self.session is not None
+        targets = list(self.smap.targets.values())
+        if not targets:
+            raise NodeUnavailable("no targets in the cluster map")
+
+        async def one(t: Snode) -> Any:
+            try:
+                async with self.session.request(method, t.url + path, json=body) as r:  # type: ignore[union-attr]
+                    data = await r.read()
+                    if r.status != 200:
+                        raise NodeUnavailable(f"target {t.daemon_id} failed: {r.status} {data[:300]!r}")
+                    return _page_dec.decode(data)
+            except aiohttp.ClientError as e:
+                raise NodeUnavailable(f"target {t.daemon_id} unreachable: {e}") from e
+
+        return list(await asyncio.gather(*(one(t) for t in targets)))
+
+    # -- objects -----------------------------------------------------------
+    async def redirect_object(self, request: web.Request) -> web.StreamResponse:
+        """307 to the HRW owner, after checking the names and the bucket."""
+        bck, obj = split_obj_path(request)
+        validate_bck_name(bck)
+        self._require(bck)
+        validate_obj_name(obj)
+        owner = self.smap.hrw_target(make_uname(bck, obj))
+        raise web.HTTPTemporaryRedirect(owner.url + request.raw_path)
+
+
+async def run_gateway(cfg: GatewayConfig) -> None:
+    """Process main of the gateway: serve until SIGTERM/SIGINT."""
+    gw = Gateway(cfg)
+    app = gw.make_app()
+
+    async def started(url: str) -> None:
+        gw.smap.proxy = Snode(cfg.node_id, "proxy", url)
+        gw.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        write_ready_file(cfg.run_dir, cfg.node_id, url)
+        gw.log.info("gateway ready", url=url, buckets=len(gw.bmd["buckets"]))
+
+    async def close_session(_: web.Application) -> None:
+        if gw.session is not None:
+            await gw.session.close()
+
+    app.on_cleanup.append(close_session)
+    await serve_until_signalled(app, cfg.host, cfg.port, started)

@@ -1,0 +1,390 @@
+"""Local object storage of one target: mountpaths, FQNs, LOM metadata, atomic writes.
+
+Layout (AIStore ``fs/fs.go``, ``fs/content.go``)::
+
+    <mountpath>/@ais/<bucket>/%ob/<object name>    the object bytes (pods open these)
+    <mountpath>/@ais/<bucket>/%wk/<random>         work files being written
+    <mountpath>/%trash/<bucket>.<ns>               destroyed buckets awaiting removal
+
+Object metadata (the LOM: size, xxhash64 checksum, version, atime, custom
+metadata) lives in the ``user.ais.lom`` extended attribute of the object file,
+as AIStore keeps it in ``user.ais.lom``. It is written on the work file
+*before* the rename, so an object and its metadata appear together or not at
+all. Every write is: work file -> write -> fsync -> setxattr -> rename.
+
+Most functions here are synchronous and cheap (page cache); the caller runs
+``fsync``-bearing ones (:meth:`WorkFile.finalize`) in a thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import msgspec
+import xxhash
+
+from .errors import Conflict, InsufficientStorage, NotFound, bck_not_found, obj_not_found
+from .names import make_uname, validate_obj_name
+from .smap import digest, hrw_pick
+
+__all__ = ["CKSUM_TYPE", "LomMD", "Mountpath", "Store", "WorkFile"]
+
+CKSUM_TYPE = "xxhash"
+XATTR = "user.ais.lom"
+_OBJ_DIR = "%ob"
+_WORK_DIR = "%wk"
+_TRASH_DIR = "%trash"
+
+
+class LomMD(msgspec.Struct, array_like=True):
+    """Object metadata kept in the ``user.ais.lom`` xattr (msgpack, array form).
+
+    Attributes:
+        size: bytes.
+        cksum: xxhash64 of the content, 16 lowercase hex digits.
+        version: 1, 2, ... one more than the object it replaced.
+        atime_ns: last write (or access) time, ns since the epoch.
+        custom: user metadata, string to string.
+    """
+
+    size: int
+    cksum: str
+    version: int = 1
+    atime_ns: int = 0
+    custom: dict[str, str] = {}
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(LomMD)
+
+
+def _read_md(path_or_fd: str | int) -> LomMD | None:
+    try:
+        return _dec.decode(os.getxattr(path_or_fd, XATTR))
+    except OSError:
+        return None
+    except msgspec.DecodeError:
+        return None
+
+
+@dataclass(frozen=True)
+class Mountpath:
+    """One mountpath: a directory on a filesystem that holds objects."""
+
+    path: str
+
+    @property
+    def digest(self) -> int:
+        return digest(self.path)
+
+    def bck_dir(self, bck: str) -> str:
+        return os.path.join(self.path, "@ais", bck)
+
+    def fqn(self, bck: str, obj: str) -> str:
+        """``<mountpath>/@ais/<bck>/%ob/<obj>``: the fully qualified name of an object."""
+        return os.path.join(self.path, "@ais", bck, _OBJ_DIR, obj)
+
+
+class WorkFile:
+    """A work file that becomes an object only by :meth:`finalize`.
+
+    Usage: ``wf.write(chunk)`` any number of times, then ``wf.finalize()``
+    (blocking: fsync + rename; run it in a thread) or ``wf.abort()``. Until
+    finalize returns, no reader can see any of the bytes.
+    """
+
+    def __init__(self, store: "Store", bck: str, obj: str) -> None:
+        self.bck, self.obj = bck, obj
+        self.mpath = store.mountpath_of(bck, obj)
+        self.fqn = self.mpath.fqn(bck, obj)
+        wdir = os.path.join(self.mpath.bck_dir(bck), _WORK_DIR)
+        self.path = os.path.join(wdir, f"{secrets.token_hex(8)}.{os.getpid()}")
+        self.size = 0
+        self._hash = xxhash.xxh64()
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            os.makedirs(wdir, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._done = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data``; raises :class:`InsufficientStorage` on ENOSPC/EDQUOT."""
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            raise _map_oserror(e, self.bck, self.obj) from e
+        self._hash.update(data)
+        self.size += len(data)
+
+    def finalize(self, custom: dict[str, str] | None = None) -> LomMD:
+        """fsync, attach metadata and rename into place. Blocking.
+
+        Returns:
+            the new object's metadata.
+
+        Raises:
+            InsufficientStorage: disk full.
+            Conflict: the name collides with a "directory" of other objects
+                (``a`` vs ``a/b``).
+        """
+        try:
+            prev = _read_md(self.fqn)
+            md = LomMD(
+                size=self.size,
+                cksum=self._hash.hexdigest(),
+                version=(prev.version + 1) if prev else 1,
+                atime_ns=time.time_ns(),
+                custom=custom or {},
+            )
+            os.fsync(self._fd)
+            os.setxattr(self._fd, XATTR, _enc.encode(md))
+            os.close(self._fd)
+            self._fd = -1
+            try:
+                os.rename(self.path, self.fqn)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(self.fqn), exist_ok=True)
+                os.rename(self.path, self.fqn)
+            self._done = True
+            return md
+        except (NotADirectoryError, IsADirectoryError, FileExistsError) as e:
+            raise Conflict(
+                f'object "ais://{self.bck}/{self.obj}" conflicts with an existing object '
+                "name (one name is a path prefix of the other)"
+            ) from e
+        except OSError as e:
+            raise _map_oserror(e, self.bck, self.obj) from e
+        finally:
+            if not self._done:
+                self.abort()
+
+    def abort(self) -> None:
+        """Drop the work file; safe to call more than once, and after finalize."""
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+        if not self._done:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self._done = True
+
+
+def _map_oserror(e: OSError, bck: str, obj: str) -> Exception:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f'out of space writing "ais://{bck}/{obj}": {e.strerror}')
+    if e.errno == errno.ENAMETOOLONG:
+        return Conflict(f'object "ais://{bck}/{obj}": name too long for the filesystem')
+    return e
+
+
+class Store:
+    """The objects of one target across its mountpaths.
+
+    Args:
+        mountpaths: directories; created if missing. An object's mountpath is
+            chosen by HRW over the mountpath paths, as AIStore does.
+    """
+
+    def __init__(self, mountpaths: list[str]) -> None:
+        if not mountpaths:
+            raise ValueError("a target needs at least one mountpath")
+        self.mountpaths = [Mountpath(os.path.abspath(p)) for p in mountpaths]
+        for mp in self.mountpaths:
+            os.makedirs(mp.path, exist_ok=True)
+        self._mp_digests = [(mp.digest, mp) for mp in self.mountpaths]
+
+    # -- placement ---------------------------------------------------------
+    def mountpath_of(self, bck: str, obj: str) -> Mountpath:
+        if len(self.mountpaths) == 1:
+            return self.mountpaths[0]
+        return hrw_pick(digest(make_uname(bck, obj)), self._mp_digests)  # type: ignore[no-any-return]
+
+    def fqn(self, bck: str, obj: str) -> str:
+        """The FQN where ``bck/obj`` lives (whether or not it exists)."""
+        return self.mountpath_of(bck, obj).fqn(bck, obj)
+
+    # -- objects -----------------------------------------------------------
+    def open_work(self, bck: str, obj: str) -> WorkFile:
+        """Start writing ``bck/obj``; validates the object name."""
+        validate_obj_name(obj)
+        try:
+            return WorkFile(self, bck, obj)
+        except OSError as e:
+            raise _map_oserror(e, bck, obj) from e
+
+    def put_bytes(self, bck: str, obj: str, data: bytes, custom: dict[str, str] | None = None) -> LomMD:
+        """Write a whole object at once. Blocking (fsync)."""
+        wf = self.open_work(bck, obj)
+        try:
+            wf.write(data)
+        except BaseException:
+            wf.abort()
+            raise
+        return wf.finalize(custom)
+
+    def open_object(self, bck: str, obj: str) -> tuple[int, LomMD, str]:
+        """Open an object for reading.
+
+        Returns:
+            ``(fd, metadata, fqn)``; the caller closes ``fd``. Metadata is read
+            from the open file, so it always matches the bytes read.
+
+        Raises:
+            NotFound: no such object (Go text ``object "ais://b/o" does not exist``).
+        """
+        fqn = self.fqn(bck, obj)
+        try:
+            fd = os.open(fqn, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise obj_not_found(bck, obj) from None
+        md = _read_md(fd)
+        if md is None:
+            st = os.fstat(fd)
+            if not os.path.isfile(fqn) and not _is_reg(st.st_mode):
+                os.close(fd)
+                raise obj_not_found(bck, obj)
+            md = LomMD(size=st.st_size, cksum="", version=1, atime_ns=st.st_mtime_ns)
+        return fd, md, fqn
+
+    def head(self, bck: str, obj: str) -> LomMD:
+        """Metadata of an object; raises :class:`NotFound`."""
+        fd, md, _ = self.open_object(bck, obj)
+        os.close(fd)
+        return md
+
+    def delete(self, bck: str, obj: str) -> None:
+        """Remove an object; raises :class:`NotFound` if absent."""
+        fqn = self.fqn(bck, obj)
+        try:
+            os.unlink(fqn)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise obj_not_found(bck, obj) from None
+        # prune now-empty parent directories up to %ob
+        top = os.path.join(self.mountpath_of(bck, obj).bck_dir(bck), _OBJ_DIR)
+        d = os.path.dirname(fqn)
+        while d != top and d.startswith(top):
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+            d = os.path.dirname(d)
+
+    # -- listing -----------------------------------------------------------
+    def iter_names(self, bck: str, prefix: str = "") -> Iterator[tuple[str, str]]:
+        """Yield ``(object name, fqn)`` of every local object of ``bck`` with ``prefix``.
+
+        Order is per mountpath, by directory walk (unsorted). Directories that
+        cannot hold a match are not entered.
+        """
+        for mp in self.mountpaths:
+            root = os.path.join(mp.bck_dir(bck), _OBJ_DIR)
+            pdir = prefix.rpartition("/")[0]
+            start = os.path.join(root, pdir) if pdir else root
+            yield from _walk(start, pdir + "/" if pdir else "", prefix)
+
+    def list_page_entries(self, bck: str, names: list[tuple[str, str]]) -> list[tuple[str, LomMD]]:
+        """Metadata for ``(name, fqn)`` pairs; vanished objects are skipped."""
+        out = []
+        for name, fqn in names:
+            md = _read_md(fqn)
+            if md is None:
+                try:
+                    st = os.stat(fqn)
+                except OSError:
+                    continue
+                md = LomMD(size=st.st_size, cksum="", atime_ns=st.st_mtime_ns)
+            out.append((name, md))
+        return out
+
+    # -- buckets -----------------------------------------------------------
+    def destroy_bucket(self, bck: str) -> None:
+        """Move the bucket's directories to trash (instant), then remove them."""
+        for mp in self.mountpaths:
+            src = mp.bck_dir(bck)
+            if not os.path.isdir(src):
+                continue
+            trash = os.path.join(mp.path, _TRASH_DIR)
+            os.makedirs(trash, exist_ok=True)
+            dst = os.path.join(trash, f"{bck}.{time.time_ns()}")
+            try:
+                os.rename(src, dst)
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(dst, ignore_errors=True)
+
+    def cleanup_on_start(self) -> int:
+        """Remove leftovers of a crash: work files and trash. Returns files removed."""
+        removed = 0
+        for mp in self.mountpaths:
+            shutil.rmtree(os.path.join(mp.path, _TRASH_DIR), ignore_errors=True)
+            base = os.path.join(mp.path, "@ais")
+            if not os.path.isdir(base):
+                continue
+            for bck in os.listdir(base):
+                wdir = os.path.join(base, bck, _WORK_DIR)
+                if os.path.isdir(wdir):
+                    for f in os.listdir(wdir):
+                        try:
+                            os.unlink(os.path.join(wdir, f))
+                            removed += 1
+                        except OSError:
+                            pass
+        return removed
+
+    def capacity(self) -> list[dict[str, object]]:
+        """Per-mountpath ``{"mountpath", "total", "used", "avail", "pct_used"}`` (bytes)."""
+        out = []
+        for mp in self.mountpaths:
+            st = os.statvfs(mp.path)
+            total, avail = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+            used = total - st.f_bfree * st.f_frsize
+            out.append(
+                {
+                    "mountpath": mp.path,
+                    "total": total,
+                    "used": used,
+                    "avail": avail,
+                    "pct_used": round(100.0 * used / total, 1) if total else 0.0,
+                }
+            )
+        return out
+
+    def bucket_exists_locally(self, bck: str) -> bool:
+        return any(os.path.isdir(mp.bck_dir(bck)) for mp in self.mountpaths)
+
+
+def _is_reg(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)
+
+
+def _walk(dirpath: str, rel: str, prefix: str) -> Iterator[tuple[str, str]]:
+    try:
+        it = os.scandir(dirpath)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    with it:
+        for e in it:
+            name = rel + e.name
+            if e.is_dir(follow_symlinks=False):
+                sub = name + "/"
+                if sub.startswith(prefix) or prefix.startswith(sub):
+                    yield from _walk(e.path, sub, prefix)
+            elif name.startswith(prefix):
+                yield name, e.path
