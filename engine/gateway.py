@@ -84,6 +84,10 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self._meta_lock = asyncio.Lock()
         self.log = log.bind(gateway=cfg.node_id)
+        from .gateway_etl import GatewayEtl
+
+        self.etl = GatewayEtl(self)
+        self._bg: list[asyncio.Future[None]] = []
 
     def _load_bmd(self) -> dict[str, Any]:
         try:
@@ -106,7 +110,12 @@ class Gateway:
         r.add_route("DELETE", "/v1/buckets/{bck}", self.bck_delete)
         r.add_route("HEAD", "/v1/buckets/{bck}", self.bck_head)
         r.add_route("*", "/v1/objects/{tail:.+}", self.redirect_object)
+        self.etl.add_routes(app)
         return app
+
+    async def on_etl_stopped(self, name: str, reason: str) -> None:
+        """Hook for jobs that use ETL ``name`` (aborted in the offline-transform issue)."""
+        return None
 
     # -- cluster -----------------------------------------------------------
     async def daemon(self, request: web.Request) -> web.StreamResponse:
@@ -131,9 +140,23 @@ class Gateway:
             self.smap.version += 1
             self.log.info("target joined", target=node.daemon_id, url=node.url, version=self.smap.version)
             meta = self._meta()
-        # push to the others in the background of this request; the joiner gets it in the reply
+        # push to the others; the joiner gets it in the reply
         await self._metasync(meta, skip=node.daemon_id)
+        if self.etl._restart_pending and self._expected_joined():
+            self._bg.append(asyncio.ensure_future(self._restart_etls_soon()))
         return json_response(meta)
+
+    def _expected_joined(self) -> bool:
+        try:
+            with open(os.path.join(self.cfg.data_dir, "cluster.json")) as f:
+                want = {t["id"] for t in json.load(f)["targets"]}
+        except (OSError, ValueError, KeyError):
+            return True
+        return want <= set(self.smap.targets)
+
+    async def _restart_etls_soon(self) -> None:
+        await asyncio.sleep(0.5)  # let the joiner finish its start-up (ready file, routes)
+        await self.etl.restart_after_boot()
 
     def _meta(self) -> dict[str, Any]:
         return {"smap": self.smap.to_json(), "bmd": self.bmd}
@@ -306,6 +329,12 @@ class Gateway:
         validate_bck_name(bck)
         self._require(bck)
         validate_obj_name(obj)
+        q = request.query
+        if q.get("etl_name"):
+            self.etl.require_running(q["etl_name"])
+            for stage in (q.get("etl_pipeline") or "").split(","):
+                if stage.strip():
+                    self.etl.require_running(stage.strip())
         owner = self.smap.hrw_target(make_uname(bck, obj))
         raise web.HTTPTemporaryRedirect(owner.url + request.raw_path)
 

@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                     host=args.host,
                     port=args.port,
                     run_dir=run_dir,
+                    data_dir=args.data,
                 )
             )
         )

@@ -261,6 +261,15 @@ class Store:
             md = LomMD(size=st.st_size, cksum="", version=1, atime_ns=st.st_mtime_ns)
         return fd, md, fqn
 
+    def read_bytes(self, bck: str, obj: str) -> bytes:
+        """The whole object (blocking; small objects or threads only)."""
+        fd, md, _ = self.open_object(bck, obj)
+        try:
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read()
+        finally:
+            os.close(fd)
+
     def head(self, bck: str, obj: str) -> LomMD:
         """Metadata of an object; raises :class:`NotFound`."""
         fd, md, _ = self.open_object(bck, obj)

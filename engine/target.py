@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import time
+from urllib.parse import quote
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,7 @@ class TargetConfig:
     host: str = "127.0.0.1"
     port: int = 0
     run_dir: str = ""
+    data_dir: str = ""
 
 
 def md_headers(md: LomMD, bck: str, obj: str, location: str) -> dict[str, str]:
@@ -146,8 +148,14 @@ class Target:
         self.bmd: dict[str, Any] = {"version": 0, "buckets": {}}
         self.url = ""
         self._lists: dict[str, _ListSession] = {}
+        self.direct_in: dict[str, list[int]] = {}
         self.session: aiohttp.ClientSession | None = None
         self.log = log.bind(target=cfg.node_id)
+        from .pods import LocalProcessRuntime
+        from .target_etl import EtlManager
+
+        self.runtime = LocalProcessRuntime(cfg.data_dir or os.path.dirname(cfg.mountpaths[0]))
+        self.etl = EtlManager(self, self.runtime)
 
     # -- app ---------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -161,6 +169,7 @@ class Target:
         r.add_route("PUT", "/v1/metasync", self.metasync)
         r.add_route("GET", "/v1/health", self.health)
         r.add_route("GET", "/v1/daemon", self.daemon)
+        self.etl.add_routes(app)
         return app
 
     # -- helpers -----------------------------------------------------------
@@ -188,6 +197,8 @@ class Target:
     async def put_object(self, request: web.Request) -> web.StreamResponse:
         """Store the body atomically; a failed or cut upload leaves nothing."""
         bck, obj = self._obj(request)
+        if "object_to" in request.query:
+            return await self.etl.copy_object(request, bck, obj)
         await self.receive_object(request, bck, obj)
         return web.Response(status=200)
 
@@ -218,6 +229,8 @@ class Target:
 
     async def get_object(self, request: web.Request) -> web.StreamResponse:
         bck, obj = self._obj(request)
+        if request.query.get("etl_name"):
+            return await self.etl.inline_get(request, bck, obj)
         return await self.serve_object(request, bck, obj)
 
     async def serve_object(self, request: web.Request, bck: str, obj: str) -> web.StreamResponse:
@@ -260,6 +273,9 @@ class Target:
 
     async def head_object(self, request: web.Request) -> web.StreamResponse:
         bck, obj = self._obj(request)
+        return await self.head_local(bck, obj)
+
+    async def head_local(self, bck: str, obj: str) -> web.StreamResponse:
         fd, md, fqn = self.store.open_object(bck, obj)
         os.close(fd)
         headers = md_headers(md, bck, obj, f"{self.node_id}:{fqn}")
@@ -270,6 +286,31 @@ class Target:
         bck, obj = self._obj(request)
         self.store.delete(bck, obj)
         return web.Response(status=200)
+
+    async def put_to_owner(self, bck: str, obj: str, data: bytes) -> None:
+        """Store ``data`` as ``bck/obj`` on its HRW owner: here, or PUT to the peer."""
+        owner = self.smap.hrw_target(make_uname(bck, obj)) if self.smap else None
+        if owner is None or owner.daemon_id == self.node_id:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.put_bytes, bck, obj, data)
+            return
+        assert self.session is not None
+        url = f"{owner.url}/v1/objects/{quote(bck, safe='')}/{quote(obj, safe='/')}"
+        async with self.session.put(url, data=data) as r:
+            if r.status >= 400:
+                body = await r.read()
+                from .errors import AioetlError
+
+                raise AioetlError(f"peer {owner.daemon_id} refused {bck}/{obj}: {body[:300]!r}", status=r.status)
+
+    def count_in(self, xid: str, size: int) -> None:
+        """A direct put of job ``xid`` landed here (counted as ``in`` once jobs exist)."""
+        self.direct_in.setdefault(xid, [0, 0])
+        self.direct_in[xid][0] += 1
+        self.direct_in[xid][1] += size
+
+    def job_obj_errors(self, xid: str) -> list[dict[str, Any]]:
+        """Per-object errors of offline job ``xid`` on this target (none before jobs exist)."""
+        return []
 
     # -- listing -----------------------------------------------------------
     async def list_page(self, request: web.Request) -> web.StreamResponse:
@@ -403,6 +444,9 @@ async def serve_until_signalled(app: web.Application, host: str, port: int, on_s
 async def run_target(cfg: TargetConfig) -> None:
     """Process main of a target: clean leftovers, serve, join, wait for a signal."""
     t = Target(cfg)
+    killed = t.runtime.cleanup_leftovers(cfg.node_id)
+    if killed:
+        t.log.info("killed leftover pods of a previous run", count=killed)
     removed = t.store.cleanup_on_start()
     if removed:
         t.log.info("removed leftover work files", count=removed)

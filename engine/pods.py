@@ -1,0 +1,415 @@
+"""Pod runtimes: where an ETL server runs next to its target.
+
+:class:`PodRuntime` is the interface; :class:`LocalProcessRuntime` (the
+embedded default, no Kubernetes) runs each pod as a child process of its
+target on 127.0.0.1 and a free port:
+
+- in its own PID namespace when the OS allows (``unshare --pid --fork
+  --kill-child --mount-proc``), so a transform that signals PID 1 reaches only
+  its own pod;
+- with the environment AIStore gives pods (``ext/etl/boot.go``):
+  ``AIS_TARGET_URL`` = ``<target>/v1/etl/_object/<etl>/<secret>``,
+  ``direct_put``, then the user's env;
+- images: ``aistorage/runtime_python:*`` runs :mod:`communicators.bootstrap`
+  (``PACKAGES`` pip-installed into a cached virtual environment per package
+  set); ``aistorage/transformer_<name>`` maps to our built-in transformers;
+  any other image runs its ``command`` when ``command[0]`` is on PATH, with
+  ``8000`` (AIStore's pod port) replaced by the allocated port.
+
+stdout+stderr are kept in a bounded ring (``logs``); CPU and memory of the
+whole process tree come from psutil (``metrics``); a watcher reports a pod's
+exit; ``stop`` ends the whole process tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from typing import Any, Awaitable, Callable, Protocol
+
+import aiohttp
+import structlog
+
+from .errors import BadRequest
+from .etl import EtlSpec
+
+__all__ = ["BUILTIN_IMAGES", "LocalPod", "LocalProcessRuntime", "PodError", "PodRuntime", "resolve_builtin"]
+
+log = structlog.get_logger("aioetl.pods")
+
+BUILTIN_IMAGES = ("hello_world", "echo", "md5", "hash_with_args")
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOG_RING_BYTES = 1 << 20
+EXIT_MISSING_OS_PACKAGES = 3
+
+
+class PodError(BadRequest):
+    """A pod could not be started or became unusable (a 400: the ETL's definition or code is at fault)."""
+
+
+def resolve_builtin(image: str) -> str | None:
+    """``aistorage/transformer_md5:latest`` -> ``md5`` if it is one of ours, else None."""
+    m = re.fullmatch(r"(?:docker\.io/)?aistorage/transformer_([a-z0-9_]+)(?::[\w.\-]+)?", image)
+    if m and m.group(1) in BUILTIN_IMAGES:
+        return m.group(1)
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _pid_ns_supported() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    try:
+        import subprocess
+
+        r = subprocess.run(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "true"],
+                           capture_output=True, timeout=10)
+        return r.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+class PodRuntime(Protocol):
+    """Starts pods. Implementations: :class:`LocalProcessRuntime` (Kubernetes: not here)."""
+
+    async def start(self, spec: EtlSpec, *, target_id: str, target_url: str, secret: str,
+                    on_exit: Callable[["LocalPod"], Awaitable[None]]) -> "LocalPod": ...
+
+
+class LocalPod:
+    """One running pod process (tree).
+
+    Attributes:
+        url: ``http://127.0.0.1:<port>``.
+        pid: pid of the top process (``unshare`` when namespaced).
+        pid_namespace: whether the pod runs in its own PID namespace.
+    """
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, url: str, pid_namespace: bool) -> None:
+        self.name = name
+        self.proc = proc
+        self.pid = proc.pid
+        self.url = url
+        self.pid_namespace = pid_namespace
+        self._ring: deque[bytes] = deque()
+        self._ring_bytes = 0
+        self._readers: list[asyncio.Task[None]] = []
+        self.stopping = False
+        self._last_cpu: tuple[float, float] | None = None
+
+    # -- logs --------------------------------------------------------------
+    def _append(self, data: bytes) -> None:
+        self._ring.append(data)
+        self._ring_bytes += len(data)
+        while self._ring_bytes > LOG_RING_BYTES and len(self._ring) > 1:
+            self._ring_bytes -= len(self._ring.popleft())
+
+    async def _pump(self, stream: asyncio.StreamReader | None) -> None:
+        if stream is None:
+            return
+        while True:
+            chunk = await stream.read(65536)
+            if not chunk:
+                return
+            self._append(chunk)
+
+    def logs(self) -> bytes:
+        """The last ~1 MiB of the pod's stdout and stderr."""
+        return b"".join(self._ring)
+
+    # -- state -------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    def phase(self) -> str:
+        """Kubernetes-like pod phase: Running, Succeeded or Failed."""
+        if self.alive:
+            return "Running"
+        return "Succeeded" if self.proc.returncode == 0 else "Failed"
+
+    def metrics(self) -> dict[str, float]:
+        """``{"cpu": cores used since the last call, "mem": RSS bytes}`` of the process tree."""
+        try:
+            import psutil
+        except ImportError:  # pragma: no cover
+            return {"cpu": 0.0, "mem": 0}
+        try:
+            top = psutil.Process(self.pid)
+            procs = [top, *top.children(recursive=True)]
+        except psutil.Error:
+            return {"cpu": 0.0, "mem": 0}
+        cpu_s, mem = 0.0, 0
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                cpu_s += t.user + t.system
+                mem += p.memory_info().rss
+        now = time.monotonic()
+        cores = 0.0
+        if self._last_cpu is not None and now > self._last_cpu[0]:
+            cores = max(0.0, (cpu_s - self._last_cpu[1]) / (now - self._last_cpu[0]))
+        self._last_cpu = (now, cpu_s)
+        return {"cpu": round(cores, 3), "mem": mem}
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Poll ``GET /health`` until 200.
+
+        Raises:
+            PodError: the pod exited (with the tail of its log) or did not get
+                ready within ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+            while True:
+                if not self.alive:
+                    await asyncio.gather(*self._readers, return_exceptions=True)
+                    raise PodError(self._exit_reason())
+                try:
+                    async with s.get(self.url + "/health") as r:
+                        if r.status == 200:
+                            return
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    await self.stop()
+                    raise PodError(f'etl job "{self.name}": pod not ready within init_timeout '
+                                   f"({timeout_s:.0f}s); last log lines:\n{self._tail()}")
+                await asyncio.sleep(0.05)
+
+    def _tail(self, n: int = 15) -> str:
+        return "\n".join(self.logs().decode(errors="replace").splitlines()[-n:])
+
+    def _exit_reason(self) -> str:
+        rc = self.proc.returncode
+        tail = self._tail()
+        if rc == EXIT_MISSING_OS_PACKAGES or "missing OS packages" in tail:
+            lines = [ln for ln in tail.splitlines() if "missing OS packages" in ln]
+            return f'etl job "{self.name}": {lines[-1].strip() if lines else tail}'
+        return f'etl job "{self.name}": pod exited with code {rc} before becoming ready; last log lines:\n{tail}'
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """End the pod's whole process tree: SIGTERM, then SIGKILL after ``grace_s``."""
+        self.stopping = True
+        tree = self._tree_pids()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace_s)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            await self.proc.wait()
+        for pid in tree:  # stragglers that left the process group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        await asyncio.gather(*self._readers, return_exceptions=True)
+
+    def _tree_pids(self) -> list[int]:
+        try:
+            import psutil
+
+            return [p.pid for p in psutil.Process(self.pid).children(recursive=True)]
+        except Exception:  # noqa: BLE001 - best effort
+            return []
+
+
+class LocalProcessRuntime:
+    """Runs pods as local processes (see the module docstring).
+
+    Args:
+        data_dir: cluster data root; virtual environments are cached in
+            ``<data_dir>/etl-venvs`` and pod pid files kept in ``<data_dir>/etl-pods``.
+        python: interpreter for Python pods (default: this one).
+        pid_namespace: ``None`` = use one when ``unshare`` works here.
+    """
+
+    def __init__(self, data_dir: str, *, python: str = sys.executable, pid_namespace: bool | None = None) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.python = python
+        self.pid_namespace = _pid_ns_supported() if pid_namespace is None else pid_namespace
+
+    # -- leftovers -----------------------------------------------------------
+    def _pidfile(self, target_id: str) -> str:
+        return os.path.join(self.data_dir, "etl-pods", f"{target_id}.json")
+
+    def _record(self, target_id: str, name: str, pid: int | None) -> None:
+        path = self._pidfile(target_id)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            doc = {}
+        if pid is None:
+            doc.pop(name, None)
+        else:
+            doc[name] = pid
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, path)
+
+    def cleanup_leftovers(self, target_id: str) -> int:
+        """Kill pods a crashed previous run of ``target_id`` left behind. Returns count."""
+        try:
+            with open(self._pidfile(target_id)) as f:
+                doc = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            return 0
+        killed = 0
+        for _name, pid in doc.items():
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    env = f.read().split(b"\0")
+            except OSError:
+                continue
+            if f"AIOETL_POD_OWNER={target_id}".encode() not in env:
+                continue  # pid reused by someone else: never signal it
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+                killed += 1
+        os.unlink(self._pidfile(target_id))
+        return killed
+
+    # -- commands ------------------------------------------------------------
+    async def _python_for(self, spec: EtlSpec) -> str:
+        pkgs = [p.strip() for p in (spec.env_value("PACKAGES") or "").split(",") if p.strip()]
+        if not pkgs:
+            return self.python
+        key = hashlib.sha256(json.dumps([sys.version, sorted(pkgs)]).encode()).hexdigest()[:16]
+        vdir = os.path.join(self.data_dir, "etl-venvs", key)
+        py = os.path.join(vdir, "bin", "python")
+        ok = os.path.join(vdir, ".ok")
+        if os.path.exists(ok):
+            return py
+        os.makedirs(os.path.dirname(vdir), exist_ok=True)
+        lock = open(vdir + ".lock", "w")  # noqa: SIM115 - held across awaits
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, lock, fcntl.LOCK_EX)
+            if os.path.exists(ok):
+                return py
+            shutil.rmtree(vdir, ignore_errors=True)
+            for cmd in ([self.python, "-m", "venv", "--system-site-packages", vdir],
+                        [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", *pkgs]):
+                p = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                         stderr=asyncio.subprocess.STDOUT)
+                try:
+                    out, _ = await asyncio.wait_for(p.communicate(), spec.init_timeout_s)
+                except asyncio.TimeoutError:
+                    p.kill()
+                    raise PodError(f'etl job "{spec.name}": installing PACKAGES {pkgs} took longer than init_timeout')
+                if p.returncode != 0:
+                    raise PodError(f'etl job "{spec.name}": pip install {" ".join(pkgs)} failed:\n'
+                                   f"{out.decode(errors='replace')[-2000:]}")
+            open(ok, "w").close()
+            return py
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+
+    async def command_for(self, spec: EtlSpec, port: int) -> list[str]:
+        """The local command line that plays ``spec.image`` on ``port``.
+
+        Raises:
+            PodError: an image with no local equivalent.
+        """
+        boot = ["-m", "communicators.bootstrap", "--host", "127.0.0.1", "--port", str(port)]
+        image = spec.image
+        if image.split("/")[-1].startswith("runtime_python") or image.startswith("aistorage/runtime_python"):
+            if not spec.env_value("ETL_CLASS_PAYLOAD"):
+                raise PodError(f'etl job "{spec.name}": image {image} needs ETL_CLASS_PAYLOAD in env')
+            return [await self._python_for(spec), *boot]
+        builtin = resolve_builtin(image)
+        if builtin:
+            return [self.python, *boot, "--builtin", builtin]
+        if spec.command and shutil.which(spec.command[0]):
+            cmd = list(spec.command)
+            for i, a in enumerate(cmd):
+                if a == "8000" and i > 0 and cmd[i - 1] in ("--port", "-p"):
+                    cmd[i] = str(port)
+                elif a.startswith("--port=") and a.endswith("8000"):
+                    cmd[i] = f"--port={port}"
+                elif a.endswith(":8000"):
+                    cmd[i] = a[: -len("8000")] + str(port)
+            return cmd
+        what = f"command {spec.command[0]!r} is not on PATH" if spec.command else "no command was given"
+        raise PodError(
+            f'etl job "{spec.name}": image "{image}" cannot run on the local pod runtime ({what}); '
+            "container images run on the Kubernetes pod runtime, which this cluster does not use. "
+            "Locally available: aistorage/runtime_python:* (init_class), "
+            + ", ".join(f"aistorage/transformer_{b}" for b in BUILTIN_IMAGES)
+            + ", or a command on PATH"
+        )
+
+    async def start(self, spec: EtlSpec, *, target_id: str, target_url: str, secret: str,
+                    on_exit: Callable[[LocalPod], Awaitable[None]]) -> LocalPod:
+        """Start the pod of ``spec`` for ``target_id``; return once it answers ``/health``.
+
+        Raises:
+            PodError: no local command, pip failure, missing OS packages, exit
+                before ready, or not ready within ``init_timeout``.
+        """
+        port = free_port()
+        cmd = await self.command_for(spec, port)
+        env = dict(os.environ)
+        for k in [k for k in env if k.startswith(("AIS_", "ETL_", "AIOETL_"))]:
+            env.pop(k)
+        env["PYTHONPATH"] = _PKG_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["AIS_TARGET_URL"] = f"{target_url}/v1/etl/_object/{spec.name}/{secret}"
+        env["direct_put"] = "true" if spec.direct_put else "false"
+        env["AIOETL_POD_OWNER"] = target_id
+        env["AIOETL_POD_PORT"] = env["PORT"] = str(port)
+        for k, v in spec.env:
+            env[k] = v
+        pod_dir = os.path.join(self.data_dir, "etl-pods", spec.name, target_id)
+        os.makedirs(pod_dir, exist_ok=True)
+        prefix = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"] if self.pid_namespace else []
+        proc = await asyncio.create_subprocess_exec(
+            *prefix, *cmd, env=env, cwd=pod_dir, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        )
+        pod = LocalPod(spec.name, proc, f"http://127.0.0.1:{port}", self.pid_namespace)
+        pod._readers.append(asyncio.ensure_future(pod._pump(proc.stdout)))
+        self._record(target_id, spec.name, proc.pid)
+        log.info("pod starting", etl=spec.name, target=target_id, pid=proc.pid, port=port, cmd=cmd[:6])
+        try:
+            await pod.wait_ready(spec.init_timeout_s)
+        except BaseException:
+            if pod.alive:
+                await pod.stop()
+            self._record(target_id, spec.name, None)
+            raise
+
+        async def watch() -> None:
+            await proc.wait()
+            self._record(target_id, spec.name, None)
+            if not pod.stopping:
+                log.warning("pod exited", etl=spec.name, target=target_id, code=proc.returncode)
+                await on_exit(pod)
+
+        pod._readers.append(asyncio.ensure_future(watch()))
+        return pod
+
+    def forget(self, target_id: str, name: str) -> None:
+        self._record(target_id, name, None)
+
+
+def pod_info(pod: LocalPod) -> dict[str, Any]:
+    return {"url": pod.url, "pid": pod.pid, "pid_namespace": pod.pid_namespace, "phase": pod.phase()}
