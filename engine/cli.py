@@ -261,8 +261,15 @@ def _run(coro):  # type: ignore[no-untyped-def]
         raise _die(str(e))
 
 
+def _register_subcommands() -> None:
+    from .cli_etl import etl_app
+
+    app.add_typer(etl_app, name="etl")
+
+
 def main() -> None:
     """Console-script entry point."""
+    _register_subcommands()
     try:
         app()
     except KeyboardInterrupt:
