@@ -53,9 +53,14 @@ MAX_ERR_BODY = 64 * 1024
 
 
 class EtlFailed(ClientError):
-    """The ETL failed on one object (transform error, pod gone, bad reply)."""
+    """The ETL failed on one object (transform error, pod gone, bad reply).
+
+    ``transient`` marks the pod's 503 + ``Ais-Etl-Retry-Reason: direct-put-transient``
+    reply: the object may be sent again.
+    """
 
     status = 422
+    transient = False
 
 
 @dataclass
@@ -159,13 +164,21 @@ class HpushComm(_Comm):
         except aiohttp.ClientError as e:
             raise self._unreachable(e) from e
         if resp.status >= 400:
-            try:
-                text = await resp.content.read(MAX_ERR_BODY)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                text = b""
-            resp.release()
-            raise pod_error(self.etl, resp.status, text)
+            raise await self._error_reply(resp)
         return resp
+
+    async def _error_reply(self, resp: aiohttp.ClientResponse) -> AioetlError:
+        try:
+            text = await resp.content.read(MAX_ERR_BODY)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            text = b""
+        resp.release()
+        if resp.status == 503 and resp.headers.get("Ais-Etl-Retry-Reason", "") == "direct-put-transient":
+            err = EtlFailed(f'ETL error: etl job "{self.etl}": direct put failed transiently: '
+                            f"{text[:2000].decode(errors='replace')}", status=503)
+            err.transient = True
+            return err
+        return pod_error(self.etl, resp.status, text)
 
 
 class HpullComm(HpushComm):
@@ -197,9 +210,7 @@ class HpullComm(HpushComm):
         except aiohttp.ClientError as e:
             raise self._unreachable(e) from e
         if resp.status >= 400:
-            text = await resp.content.read(MAX_ERR_BODY)
-            resp.release()
-            raise pod_error(self.etl, resp.status, text)
+            raise await self._error_reply(resp)
         return resp
 
 

@@ -87,6 +87,9 @@ class Gateway:
         from .gateway_etl import GatewayEtl
 
         self.etl = GatewayEtl(self)
+        from .gateway_jobs import GatewayJobs
+
+        self.jobs = GatewayJobs(self)
         self._bg: list[asyncio.Future[None]] = []
 
     def _load_bmd(self) -> dict[str, Any]:
@@ -111,11 +114,12 @@ class Gateway:
         r.add_route("HEAD", "/v1/buckets/{bck}", self.bck_head)
         r.add_route("*", "/v1/objects/{tail:.+}", self.redirect_object)
         self.etl.add_routes(app)
+        self.jobs.add_routes(app)
         return app
 
     async def on_etl_stopped(self, name: str, reason: str) -> None:
-        """Hook for jobs that use ETL ``name`` (aborted in the offline-transform issue)."""
-        return None
+        """Stopping (or losing) an ETL aborts the jobs that use it."""
+        await self.jobs.abort_etl_jobs(name, reason)
 
     # -- cluster -----------------------------------------------------------
     async def daemon(self, request: web.Request) -> web.StreamResponse:
@@ -204,15 +208,23 @@ class Gateway:
         if action == "create-bck":
             if bck in self.bmd["buckets"]:
                 raise AlreadyExists(f'bucket "ais://{bck}" already exists')
-            props = {"provider": "ais", "created": time.time_ns(), "bid": secrets.randbits(48)}
-
-            def add(b: dict[str, Any]) -> None:
-                b[bck] = props
-
-            await self._update_bmd(add)
-            self.log.info("bucket created", bck=bck)
+            await self.create_bucket(bck)
             return web.Response(status=200)
+        if action in ("etl-bck", "etl-listrange"):
+            return await self.jobs.start(request, bck, action, value)
         raise BadRequest(f'invalid action "{action}" for POST /v1/buckets/{bck}')
+
+    async def create_bucket(self, bck: str, like: str = "") -> None:
+        """Add ``bck`` to the BMD (props copied from ``like`` if given), persist, push to targets."""
+        props = {"provider": "ais", "created": time.time_ns(), "bid": secrets.randbits(48)}
+        if like and like in self.bmd["buckets"]:
+            props = {**self.bmd["buckets"][like], "created": props["created"], "bid": props["bid"]}
+
+        def add(b: dict[str, Any]) -> None:
+            b.setdefault(bck, props)
+
+        await self._update_bmd(add)
+        self.log.info("bucket created", bck=bck, like=like)
 
     async def bck_delete(self, request: web.Request) -> web.StreamResponse:
         bck = self._bck(request)

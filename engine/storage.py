@@ -301,10 +301,14 @@ class Store:
         cannot hold a match are not entered.
         """
         for mp in self.mountpaths:
-            root = os.path.join(mp.bck_dir(bck), _OBJ_DIR)
-            pdir = prefix.rpartition("/")[0]
-            start = os.path.join(root, pdir) if pdir else root
-            yield from _walk(start, pdir + "/" if pdir else "", prefix)
+            yield from self.iter_names_mp(mp, bck, prefix)
+
+    def iter_names_mp(self, mp: Mountpath, bck: str, prefix: str = "") -> Iterator[tuple[str, str]]:
+        """Like :meth:`iter_names` on one mountpath (a jogger's share)."""
+        root = os.path.join(mp.bck_dir(bck), _OBJ_DIR)
+        pdir = prefix.rpartition("/")[0]
+        start = os.path.join(root, pdir) if pdir else root
+        return _walk(start, pdir + "/" if pdir else "", prefix)
 
     def list_page_entries(self, bck: str, names: list[tuple[str, str]]) -> list[tuple[str, LomMD]]:
         """Metadata for ``(name, fqn)`` pairs; vanished objects are skipped."""

@@ -148,7 +148,6 @@ class Target:
         self.bmd: dict[str, Any] = {"version": 0, "buckets": {}}
         self.url = ""
         self._lists: dict[str, _ListSession] = {}
-        self.direct_in: dict[str, list[int]] = {}
         self.session: aiohttp.ClientSession | None = None
         self.log = log.bind(target=cfg.node_id)
         from .pods import LocalProcessRuntime
@@ -156,6 +155,9 @@ class Target:
 
         self.runtime = LocalProcessRuntime(cfg.data_dir or os.path.dirname(cfg.mountpaths[0]))
         self.etl = EtlManager(self, self.runtime)
+        from .offline import OfflineJobs
+
+        self.jobs = OfflineJobs(self)
 
     # -- app ---------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -170,6 +172,7 @@ class Target:
         r.add_route("GET", "/v1/health", self.health)
         r.add_route("GET", "/v1/daemon", self.daemon)
         self.etl.add_routes(app)
+        self.jobs.add_routes(app)
         return app
 
     # -- helpers -----------------------------------------------------------
@@ -199,7 +202,10 @@ class Target:
         bck, obj = self._obj(request)
         if "object_to" in request.query:
             return await self.etl.copy_object(request, bck, obj)
-        await self.receive_object(request, bck, obj)
+        md = await self.receive_object(request, bck, obj)
+        xid = request.query.get("uuid", "")
+        if xid:
+            self.count_in(xid, md.size)
         return web.Response(status=200)
 
     async def receive_object(self, request: web.Request, bck: str, obj: str) -> LomMD:
@@ -303,14 +309,12 @@ class Target:
                 raise AioetlError(f"peer {owner.daemon_id} refused {bck}/{obj}: {body[:300]!r}", status=r.status)
 
     def count_in(self, xid: str, size: int) -> None:
-        """A direct put of job ``xid`` landed here (counted as ``in`` once jobs exist)."""
-        self.direct_in.setdefault(xid, [0, 0])
-        self.direct_in[xid][0] += 1
-        self.direct_in[xid][1] += size
+        """An object of job ``xid`` landed here from a peer or its pod (``in`` stats)."""
+        self.jobs.count_in(xid, size)
 
     def job_obj_errors(self, xid: str) -> list[dict[str, Any]]:
-        """Per-object errors of offline job ``xid`` on this target (none before jobs exist)."""
-        return []
+        """Per-object errors (at most 128) of offline job ``xid`` on this target."""
+        return self.jobs.obj_errors(xid)
 
     # -- listing -----------------------------------------------------------
     async def list_page(self, request: web.Request) -> web.StreamResponse:

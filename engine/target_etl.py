@@ -158,6 +158,7 @@ class EtlManager:
         if inst is None:
             return False
         inst.stage = STAGE_ABORTED
+        self.t.jobs.abort(etl=name, err=f'etl job "{name}" stopped')
         if inst.comm is not None:
             await inst.comm.close()
         if inst.pod is not None:
@@ -179,6 +180,7 @@ class EtlManager:
         reason = f"pod of etl job \"{name}\" on target {self.t.node_id} exited with code {pod.proc.returncode}"
         inst.stage = STAGE_ABORTED
         inst.abort_reason = reason
+        self.t.jobs.abort(etl=name, err=reason)
         if inst.comm is not None:
             await inst.comm.close()
         assert self.t.session is not None

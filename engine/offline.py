@@ -1,0 +1,445 @@
+"""The per-target scheduler of offline transforms (``etl-bck``, ``etl-listrange``).
+
+On each target, for one job::
+
+    joggers (one per mountpath; or the list/template)   --->  ByteQueue  --->  workers (num_workers)
+        walk <mp>/@ais/<src>/%ob with the prefix            items+bytes,        transform through the ETL's
+        filter; keep only objects this target owns         high/low marks       communicator, then write
+                                                                                 locally / PUT to the peer /
+                                                                                 let the pod direct-put
+
+All tasks belong to one task group owned by the job's runner task; aborting
+the job cancels that task, which cancels every worker and jogger (in-flight pod
+requests are closed; partial work files are removed; nothing partial becomes
+visible). The queue admits an item into an empty queue whatever its size, so
+backpressure cannot deadlock.
+
+Destinations (AIStore ``ais/tgtobj.go`` §2.1): HRW of the destination uname
+picks the owner. When the owner is another target and the ETL supports direct
+put (always for ws), its ``_object`` URL is appended to the pipeline, and the
+pod delivers the result itself (204 / ws TEXT: counted ``out`` here, ``in`` on
+the receiver). Otherwise the result comes back and is written here (``loc``) or
+PUT to the owner (``out``), streamed, never held whole (except ws replies,
+which arrive as one message).
+
+Intra-cluster routes (gateway -> target): ``POST /v1/xactions/_start``,
+``GET /v1/xactions?id=&kind=``, ``POST /v1/xactions/_abort``,
+``GET /v1/xactions/<id>/errors`` (the full report, JSON lines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from typing import TYPE_CHECKING, Any, AsyncIterator
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from communicators.target_comm import EtlFailed, WsComm
+from xactions.queue import ByteQueue, QueueClosed
+from xactions.tcb import ETL_LISTRANGE, TcbMsg, expand_template
+from xactions.xact import State, Xaction
+
+from .errors import AioetlError, BadRequest, InsufficientStorage, NotFound
+from .httpd import json_response, read_json
+from .names import make_uname
+
+if TYPE_CHECKING:
+    from .target import Target
+    from .target_etl import EtlInstance
+
+__all__ = ["OfflineJobs", "resolve_num_workers"]
+
+log = structlog.get_logger("aioetl.offline")
+
+RETRY_TRANSIENT = 3
+DIRECT_PUT_RETRY_REASON = "direct-put-transient"
+JOB_TTL_S = 3600.0
+
+
+def resolve_num_workers(requested: int, n_mountpaths: int, cpus: int | None = None) -> int:
+    """``num_workers``: 0 = auto (I/O-bound: 8 per mountpath, at least 4 per CPU, at most 64),
+    -1 = serial (one in flight), N = N."""
+    if requested == -1:
+        return 1
+    if requested > 0:
+        return requested
+    cpus = cpus or os.cpu_count() or 2
+    return max(4, min(64, max(8 * n_mountpaths, 4 * cpus)))
+
+
+class _Job:
+    def __init__(self, xact: Xaction, msg: TcbMsg, inst: "EtlInstance") -> None:
+        self.xact = xact
+        self.msg = msg
+        self.inst = inst
+        self.task: asyncio.Task[None] | None = None
+        self.ws: WsComm | None = None
+
+
+class OfflineJobs:
+    """Offline transform jobs of one target."""
+
+    def __init__(self, target: "Target") -> None:
+        self.t = target
+        self.jobs: dict[str, _Job] = {}
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_route("POST", "/v1/xactions/_start", self.h_start)
+        r.add_route("POST", "/v1/xactions/_abort", self.h_abort)
+        r.add_route("GET", "/v1/xactions", self.h_snaps)
+        r.add_route("GET", "/v1/xactions/{id}/errors", self.h_errors)
+        app.on_cleanup.append(self._shutdown)
+
+    async def _shutdown(self, _: web.Application) -> None:
+        for job in list(self.jobs.values()):
+            job.xact.abort("target shutting down")
+            if job.task is not None:
+                job.task.cancel()
+        await asyncio.gather(*(j.task for j in self.jobs.values() if j.task), return_exceptions=True)
+
+    def report_path(self, xid: str) -> str:
+        return os.path.join(self.t.cfg.data_dir or "/tmp", "jobs", xid, f"{self.t.node_id}.errors.jsonl")
+
+    # -- routes ------------------------------------------------------------------
+    async def h_start(self, request: web.Request) -> web.StreamResponse:
+        doc = await read_json(request)
+        xid, kind, src, dst = str(doc["id"]), str(doc["kind"]), str(doc["src"]), str(doc["dst"])
+        msg = TcbMsg.parse(kind, doc["msg"])
+        inst = self.t.etl.get(msg.etl_name)
+        self.t.etl.pipeline_urls(msg.pipeline)  # 404 if a stage is missing here
+        self._gc()
+        if xid in self.jobs:
+            raise BadRequest(f"job {xid} already exists on {self.t.node_id}")
+        xact = Xaction(xid=xid, kind=kind, node_id=self.t.node_id, src_bck=src, dst_bck=dst,
+                       ctlmsg=f"etl:{msg.etl_name} {src}->{dst}", report_path=self.report_path(xid))
+        job = _Job(xact, msg, inst)
+        self.jobs[xid] = job
+        job.task = asyncio.ensure_future(self._run(job))
+        return json_response({"id": xid, "target_id": self.t.node_id})
+
+    async def h_abort(self, request: web.Request) -> web.StreamResponse:
+        doc = await read_json(request)
+        n = self.abort(xid=str(doc.get("id") or ""), kind=str(doc.get("kind") or ""),
+                       etl=str(doc.get("etl") or ""), err=str(doc.get("err") or "aborted by user"))
+        return json_response({"aborted": n})
+
+    def abort(self, *, xid: str = "", kind: str = "", etl: str = "", err: str) -> int:
+        """Abort matching running jobs; returns how many."""
+        n = 0
+        for job in self.jobs.values():
+            if xid and job.xact.xid != xid:
+                continue
+            if kind and job.xact.kind != kind:
+                continue
+            if etl and etl != job.msg.etl_name and etl not in job.msg.pipeline:
+                continue
+            if job.xact.abort(err):
+                n += 1
+                if job.task is not None:
+                    job.task.cancel()
+        return n
+
+    async def h_snaps(self, request: web.Request) -> web.StreamResponse:
+        xid, kind = request.query.get("id", ""), request.query.get("kind", "")
+        snaps = [j.xact.snap() for j in self.jobs.values()
+                 if (not xid or j.xact.xid == xid) and (not kind or j.xact.kind == kind)]
+        return json_response(snaps)
+
+    async def h_errors(self, request: web.Request) -> web.StreamResponse:
+        path = self.report_path(request.match_info["id"])
+        if not os.path.exists(path):
+            return web.Response(body=b"", content_type="application/x-ndjson")
+        return web.FileResponse(path, headers={"Content-Type": "application/x-ndjson"})
+
+    def _gc(self) -> None:
+        now = time.time_ns()
+        for xid in [x for x, j in self.jobs.items() if not j.xact.running and now - j.xact.end_ns > JOB_TTL_S * 1e9]:
+            del self.jobs[xid]
+
+    # -- hooks ---------------------------------------------------------------------
+    def count_in(self, xid: str, size: int) -> None:
+        """A peer (or its pod) delivered an object of job ``xid`` here."""
+        job = self.jobs.get(xid)
+        if job is not None:
+            job.xact.stats.in_objs += 1
+            job.xact.stats.in_bytes += size
+
+    def obj_errors(self, xid: str) -> list[dict[str, Any]]:
+        job = self.jobs.get(xid)
+        return job.xact.obj_errs.to_list() if job else []
+
+    # -- the runner --------------------------------------------------------------------
+    async def _run(self, job: _Job) -> None:
+        x, msg = job.xact, job.msg
+        nworkers = resolve_num_workers(msg.num_workers, len(self.t.store.mountpaths))
+        x.njoggers = len(self.t.store.mountpaths)
+        x.nworkers = msg.num_workers if msg.num_workers > 0 else (0 if msg.num_workers == -1 else nworkers)
+        queue: ByteQueue[tuple[str, str]] = ByteQueue(high_items=max(64, nworkers * 16), high_bytes=256 << 20)
+        x.transition(State.RUNNING)
+        try:
+            if isinstance(job.inst.comm, WsComm):
+                assert job.inst.pod is not None and self.t.etl.pod_session is not None
+                job.ws = WsComm(job.inst.spec.name, job.inst.pod.url, job.inst.spec.obj_timeout_s,
+                                self.t.etl.pod_session, n_conns=4)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._produce(job, queue))
+                tg.create_task(self._count_total(job))
+                for _ in range(nworkers):
+                    tg.create_task(self._worker(job, queue))
+            if x.running:
+                x.transition(State.DRAINING)
+                x.transition(State.FINISHED)
+                x.log.info("job finished", stats=x.stats.to_wire(), errors=x.err_total)
+        except asyncio.CancelledError:
+            x.abort(x.abort_err or "cancelled")
+        except Exception as e:  # noqa: BLE001 - becomes the job's abort error
+            err = _first_error(e)
+            x.abort(err)
+            await self._abort_cluster(x.xid, err)
+        finally:
+            if job.ws is not None:
+                with contextlib.suppress(Exception):
+                    await job.ws.close()
+
+    async def _abort_cluster(self, xid: str, err: str) -> None:
+        """Ask the gateway to abort ``xid`` on every target (first error without ``coer``)."""
+        assert self.t.session is not None
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            async with self.t.session.post(f"{self.t.cfg.gateway_url}/v1/jobs/{xid}/_abort",
+                                           json={"err": err, "from": self.t.node_id}) as r:
+                await r.read()
+
+    # -- producers ---------------------------------------------------------------------
+    def _owned(self, bck: str, name: str) -> bool:
+        if self.t.smap is None or len(self.t.smap.targets) < 2:
+            return True
+        return self.t.smap.hrw_target(make_uname(bck, name)).daemon_id == self.t.node_id
+
+    async def _names(self, job: _Job) -> AsyncIterator[tuple[str, str, int]]:
+        """``(name, fqn, size)`` of the objects this target transforms."""
+        msg, src = job.msg, job.xact.src_bck
+        loop = asyncio.get_running_loop()
+        if msg.kind == ETL_LISTRANGE and (msg.obj_names or msg.template):
+            names = msg.obj_names if msg.obj_names else expand_template(msg.template)
+            explicit = bool(msg.obj_names)
+            for name in names:
+                if not self._owned(src, name):
+                    continue
+                fqn = self.t.store.fqn(src, name)
+                try:
+                    size = os.stat(fqn).st_size
+                except OSError:
+                    if explicit:
+                        job.xact.add_obj_err(f"ais://{src}/{name}", f'object "ais://{src}/{name}" does not exist', 404)
+                        if not msg.coer:
+                            raise NotFound(f'object "ais://{src}/{name}" does not exist') from None
+                    continue
+                yield name, fqn, size
+            return
+        # joggers: one per mountpath, each walking its directory tree in a thread, in batches
+        for mp in self.t.store.mountpaths:
+            it = iter(self.t.store.iter_names_mp(mp, src, msg.prefix))
+            while True:
+                batch = await loop.run_in_executor(None, _take_sized, it, 512)
+                if not batch:
+                    break
+                for name, fqn, size in batch:
+                    yield name, fqn, size
+
+    async def _produce(self, job: _Job, queue: ByteQueue[tuple[str, str]]) -> None:
+        try:
+            async for name, fqn, size in self._names(job):
+                await queue.put((name, fqn), size)
+        finally:
+            queue.close()
+
+    async def _count_total(self, job: _Job) -> None:
+        """Count the job's objects and bytes (for progress and ETA), in a thread."""
+        msg, src = job.msg, job.xact.src_bck
+        if msg.kind == ETL_LISTRANGE and (msg.obj_names or msg.template):
+            return
+        loop = asyncio.get_running_loop()
+
+        def count() -> tuple[int, int]:
+            n = b = 0
+            for mp in self.t.store.mountpaths:
+                for _name, _fqn, size in _sized(self.t.store.iter_names_mp(mp, src, msg.prefix)):
+                    n += 1
+                    b += size
+            return n, b
+
+        job.xact.total_objs, job.xact.total_bytes = await loop.run_in_executor(None, count)
+
+    # -- workers -------------------------------------------------------------------------
+    async def _worker(self, job: _Job, queue: ByteQueue[tuple[str, str]]) -> None:
+        x, msg = job.xact, job.msg
+        while True:
+            try:
+                (name, fqn), size = await queue.get()
+            except QueueClosed:
+                return
+            try:
+                await self._one(job, name, fqn, size)
+            except InsufficientStorage:
+                raise
+            except AioetlError as e:
+                x.add_obj_err(f"ais://{x.src_bck}/{name}", e.message, e.status)
+                if not msg.coer:
+                    raise
+            except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as e:
+                x.add_obj_err(f"ais://{x.src_bck}/{name}", f"{type(e).__name__}: {e}", 500)
+                if not msg.coer:
+                    raise
+
+    async def _one(self, job: _Job, name: str, fqn: str, size: int) -> None:
+        x, msg, inst = job.xact, job.msg, job.inst
+        if inst.stage != "Running":
+            raise EtlFailed(f'etl job "{inst.spec.name}" is not running ({inst.abort_reason or inst.stage})', status=424)
+        dst_name = msg.to_name(name)
+        dst = x.dst_bck
+        owner = self.t.smap.hrw_target(make_uname(dst, dst_name)) if self.t.smap else None
+        local = owner is None or owner.daemon_id == self.t.node_id
+        pipeline = self.t.etl.pipeline_urls(msg.pipeline)
+        ws = job.ws
+        if not local and not msg.dry_run and (inst.spec.direct_put or ws is not None):
+            assert owner is not None
+            pipeline = [*pipeline, f"{owner.url}/{quote(make_uname(dst, dst_name), safe='')}?owt=3&uuid={x.xid}"]
+        if ws is not None:
+            res = await ws.transform(name, fqn=fqn, pipeline=pipeline)
+            if res.data is None:
+                x.stats.out_objs += 1
+                x.stats.out_bytes += max(res.delivered, 0)
+                return
+            await self._deliver_bytes(job, dst, dst_name, res.data, local, owner)
+            return
+        comm = inst.comm
+        assert comm is not None
+        for attempt in range(RETRY_TRANSIENT + 1):
+            try:
+                resp = await comm.open(x.src_bck, name, fqn=fqn, pipeline=pipeline)
+                break
+            except EtlFailed as e:
+                if e.status == 503 and attempt < RETRY_TRANSIENT and getattr(e, "transient", False):
+                    await asyncio.sleep(min(2**attempt, 5) * 0.1)
+                    continue
+                raise
+        try:
+            if resp.status == 204:
+                x.stats.out_objs += 1
+                x.stats.out_bytes += int(resp.headers.get("Ais-Direct-Put-Length", "0") or 0)
+                return
+            if msg.dry_run:
+                n = 0
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    n += len(chunk)
+                x.stats.loc_objs += 1
+                x.stats.loc_bytes += n
+                return
+            if local:
+                wf = self.t.store.open_work(dst, dst_name)
+                try:
+                    async for chunk in resp.content.iter_chunked(1 << 20):
+                        wf.write(chunk)
+                    md = await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
+                except BaseException:
+                    wf.abort()
+                    raise
+                x.stats.loc_objs += 1
+                x.stats.loc_bytes += md.size
+            else:
+                assert owner is not None
+                n = await self._put_peer(owner.url, dst, dst_name, resp.content, x.xid, resp.content_length)
+                x.stats.out_objs += 1
+                x.stats.out_bytes += n
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
+            raise EtlFailed(f'ETL error: etl job "{inst.spec.name}": pod failed mid-transform of '
+                            f"ais://{x.src_bck}/{name}: {e}", status=424) from e
+        finally:
+            resp.release()
+
+    async def _deliver_bytes(self, job: _Job, dst: str, dst_name: str, data: bytes, local: bool, owner: Any) -> None:
+        x = job.xact
+        if job.msg.dry_run:
+            x.stats.loc_objs += 1
+            x.stats.loc_bytes += len(data)
+        elif local:
+            await asyncio.get_running_loop().run_in_executor(None, self.t.store.put_bytes, dst, dst_name, data)
+            x.stats.loc_objs += 1
+            x.stats.loc_bytes += len(data)
+        else:
+            await self._put_peer(owner.url, dst, dst_name, data, x.xid, len(data))
+            x.stats.out_objs += 1
+            x.stats.out_bytes += len(data)
+
+    async def _put_peer(self, url: str, bck: str, obj: str, body: Any, xid: str, size: int | None) -> int:
+        """PUT one object to the target that owns it (counted ``in`` there). Returns bytes sent."""
+        assert self.t.session is not None
+        headers = {"Content-Length": str(size)} if size is not None else {}
+        counted = _Counted(body) if not isinstance(body, (bytes, bytearray)) else None
+        async with self.t.session.put(f"{url}/v1/objects/{quote(bck, safe='')}/{quote(obj, safe='/')}",
+                                      params={"uuid": xid, "owt": "3"}, data=counted or body,
+                                      headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_read=300)) as r:
+            if r.status >= 400:
+                text = (await r.read())[:500].decode(errors="replace")
+                if r.status == 507:
+                    raise InsufficientStorage(f"peer out of space: {text}")
+                raise AioetlError(f"PUT of ais://{bck}/{obj} to {url} failed: {r.status} {text}", status=r.status)
+        return counted.n if counted is not None else len(body)
+
+
+class _Counted:
+    """An async iterator over a response body that counts the bytes it yields."""
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self.content = content
+        self.n = 0
+
+    def __aiter__(self) -> "_Counted":
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.content.read(1 << 20)
+        if not chunk:
+            raise StopAsyncIteration
+        self.n += len(chunk)
+        return chunk
+
+
+def _sized(it: Any) -> Any:
+    for name, fqn in it:
+        try:
+            yield name, fqn, os.stat(fqn).st_size
+        except OSError:
+            continue
+
+
+def _take_sized(it: Any, n: int) -> list[tuple[str, str, int]]:
+    out = []
+    for name, fqn in it:
+        try:
+            out.append((name, fqn, os.stat(fqn).st_size))
+        except OSError:
+            continue  # removed meanwhile: AIStore skips it silently too
+        if len(out) >= n:
+            break
+    return out
+
+
+def _first_error(e: BaseException) -> str:
+    """The first real error inside (nested) exception groups, as text."""
+    while isinstance(e, BaseExceptionGroup):
+        inner = [x for x in e.exceptions if not isinstance(x, asyncio.CancelledError)]
+        if not inner:
+            return "cancelled"
+        e = inner[0]
+    if isinstance(e, AioetlError):
+        return e.message
+    return f"{type(e).__name__}: {e}"
+

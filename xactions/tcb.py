@@ -1,0 +1,164 @@
+"""Control messages of the offline transform jobs (sans-I/O).
+
+- ``etl-bck`` (``apc.TCBMsg``, bucket to bucket): ``id`` (ETL), ``pipeline``,
+  ``prefix``, ``prepend``, ``ext``, ``dry_run``, ``force``, ``num-workers``,
+  ``coer``, ``latest-ver``, ``synchronize``, ``request_timeout``.
+- ``etl-listrange`` (``cmn.TCOMsg``): the same plus ``tobck`` and a selection,
+  ``objnames`` (a list) or ``template`` (brace ranges like ``obj-{0..99}.txt``).
+
+:meth:`TcbMsg.to_name` maps a source name to its destination name exactly as
+AIStore's ``TCBMsg.ToName`` does: replace the last extension per ``ext``, then
+prepend ``prepend``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from engine.errors import BadRequest
+
+__all__ = ["ETL_BCK", "ETL_LISTRANGE", "TcbMsg", "expand_template"]
+
+ETL_BCK = "etl-bck"
+ETL_LISTRANGE = "etl-listrange"
+
+_RANGE = re.compile(r"\{(\d+)\.\.(\d+)(?:\.\.(\d+))?\}")
+MAX_TEMPLATE_NAMES = 10_000_000
+
+
+def expand_template(template: str) -> Iterator[str]:
+    """Expand brace ranges: ``a-{0..2}-{08..10..2}`` -> ``a-0-08, a-0-10, a-1-08, ...``.
+
+    Zero padding follows the width of the start number when it has a leading zero.
+
+    Raises:
+        BadRequest: a malformed range (end < start, step 0) or more than 10M names.
+    """
+    parts: list[list[str]] = []
+    pos = 0
+    total = 1
+    for m in _RANGE.finditer(template):
+        parts.append([template[pos:m.start()]])
+        a, b = int(m.group(1)), int(m.group(2))
+        step = int(m.group(3) or 1)
+        if b < a or step <= 0:
+            raise BadRequest(f'invalid template "{template}": range {m.group(0)} must go up with a positive step')
+        width = len(m.group(1)) if m.group(1).startswith("0") and len(m.group(1)) > 1 else 0
+        nums = [str(i).zfill(width) for i in range(a, b + 1, step)]
+        total *= len(nums)
+        if total > MAX_TEMPLATE_NAMES:
+            raise BadRequest(f'template "{template}" expands to more than {MAX_TEMPLATE_NAMES} names')
+        parts.append(nums)
+        pos = m.end()
+    parts.append([template[pos:]])
+    if "{" in template and len(parts) == 1:
+        raise BadRequest(f'invalid template "{template}": expected ranges like {{0..99}}')
+    for combo in itertools.product(*parts):
+        yield "".join(combo)
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.lower() in ("1", "true", "yes")
+    return bool(v)
+
+
+@dataclass(kw_only=True)
+class TcbMsg:
+    """A parsed ``etl-bck``/``etl-listrange`` value.
+
+    Attributes:
+        etl_name: the first ETL (``id``); pipeline: the following ETL names.
+        prefix: source filter (``etl-bck``); a trailing ``*`` is dropped, as AIStore does.
+        prepend: destination name prefix; ext: ``{"jpg": "txt"}`` extension mapping.
+        dry_run: transform but write nothing; coer: continue on per-object errors.
+        num_workers: 0 = auto, -1 = serial, N = at most N in flight per target.
+        obj_names / template: the ``etl-listrange`` selection (both empty = whole bucket).
+        to_bck: the ``etl-listrange`` destination bucket (``tobck``).
+    """
+
+    kind: str
+    etl_name: str
+    pipeline: list[str] = field(default_factory=list)
+    prefix: str = ""
+    prepend: str = ""
+    ext: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+    force: bool = False
+    latest: bool = False
+    sync: bool = False
+    num_workers: int = 0
+    coer: bool = False
+    obj_names: list[str] | None = None
+    template: str = ""
+    to_bck: str = ""
+
+    @classmethod
+    def parse(cls, kind: str, value: Any) -> "TcbMsg":
+        """Validate the JSON ``value`` of the action message.
+
+        Raises:
+            BadRequest: not an object, no ETL ``id``, bad types, ``synchronize`` with ``prepend``.
+        """
+        if not isinstance(value, dict):
+            raise BadRequest(f'{kind}: expected a JSON object as "value"')
+        etl = value.get("id") or ""
+        if not isinstance(etl, str) or not etl:
+            raise BadRequest(f'{kind}: "id" (the ETL name) is required')
+        pipeline = value.get("pipeline") or []
+        if not isinstance(pipeline, list) or not all(isinstance(p, str) for p in pipeline):
+            raise BadRequest(f'{kind}: "pipeline" must be a list of ETL names')
+        ext = value.get("ext") or {}
+        if not isinstance(ext, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ext.items()):
+            raise BadRequest(f'{kind}: "ext" must map extensions to extensions, e.g. {{"jpg": "txt"}}')
+        try:
+            nw = int(value.get("num-workers") or value.get("num_workers") or 0)
+        except (TypeError, ValueError):
+            raise BadRequest(f'{kind}: "num-workers" must be an integer') from None
+        if nw < -1:
+            raise BadRequest(f'{kind}: "num-workers" must be -1 (serial), 0 (auto) or a positive ceiling')
+        prefix = str(value.get("prefix") or "")
+        if prefix.endswith("*"):
+            prefix = prefix.rstrip("*")
+        msg = cls(
+            kind=kind, etl_name=etl, pipeline=[p for p in pipeline if p], prefix=prefix,
+            prepend=str(value.get("prepend") or ""), ext={k.lstrip("."): v.lstrip(".") for k, v in ext.items()},
+            dry_run=_bool(value.get("dry_run")), force=_bool(value.get("force")),
+            latest=_bool(value.get("latest-ver")), sync=_bool(value.get("synchronize")),
+            num_workers=nw, coer=_bool(value.get("coer")),
+        )
+        if msg.sync and msg.prepend:
+            raise BadRequest(f"{kind}: synchronize and prepend cannot be used together")
+        if kind == ETL_LISTRANGE:
+            names = value.get("objnames")
+            if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+                raise BadRequest(f'{kind}: "objnames" must be a list of object names')
+            msg.obj_names = names or None
+            tmpl = value.get("template") or ""
+            if not isinstance(tmpl, str):
+                raise BadRequest(f'{kind}: "template" must be a string')
+            msg.template = tmpl
+            tobck = value.get("tobck") or {}
+            if isinstance(tobck, dict):
+                msg.to_bck = str(tobck.get("name") or "")
+        return msg
+
+    def to_name(self, name: str) -> str:
+        """Destination object name: ``ext`` mapping of the last extension, then ``prepend``."""
+        if self.ext:
+            base, dot, ext = name.rpartition(".")
+            if dot and "/" not in ext and ext in self.ext:
+                name = f"{base}.{self.ext[ext]}"
+        return self.prepend + name
+
+    def to_wire(self) -> dict[str, Any]:
+        """The message as targets receive it from the gateway."""
+        return {
+            "id": self.etl_name, "pipeline": self.pipeline, "prefix": self.prefix, "prepend": self.prepend,
+            "ext": self.ext, "dry_run": self.dry_run, "force": self.force, "latest-ver": self.latest,
+            "synchronize": self.sync, "num-workers": self.num_workers, "coer": self.coer,
+            "objnames": self.obj_names, "template": self.template, "tobck": {"name": self.to_bck},
+        }

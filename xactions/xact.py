@@ -1,0 +1,205 @@
+"""Xactions: the state machine, ids, counting stats, errors and snapshots of a job.
+
+One job (``etl-bck``, ``etl-listrange``) runs as one xaction per target, all
+with the same id. Each target's xaction moves through::
+
+    CREATED --start--> RUNNING --all work handed out--> DRAINING --all results in--> FINISHED
+        \\                  \\                              \\
+         +------------------+-------------abort-------------+--> ABORTED
+
+"No more work" (DRAINING) is a different state from "all results delivered"
+(FINISHED). :meth:`Xaction.transition` is the one place state changes; it
+rejects illegal moves and logs legal ones.
+
+Snapshots follow AIStore's wire shape (``core/xaction_wire.go``): stats
+counters are JSON *strings*, times RFC 3339 (Go's zero time while running),
+``glob.id`` packs ``njoggers | nworkers << 10``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import secrets
+import string
+import time
+from typing import Any, Callable
+
+import structlog
+
+from .errs import ObjErrs
+
+__all__ = ["GO_ZERO_TIME", "State", "Xaction", "XactStats", "new_xid"]
+
+log = structlog.get_logger("aioetl.xaction")
+
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+MAX_XACT_ERRS = 8  # AIStore's default cap of an xaction's own error set
+
+
+def new_xid(prefix: str = "") -> str:
+    """A job id: 9 random letters/digits, optionally prefixed (AIStore's ``tco-...``)."""
+    alphabet = string.ascii_letters + string.digits
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(9))
+
+
+def rfc3339(ns: int) -> str:
+    if not ns:
+        return GO_ZERO_TIME
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9)) + f".{ns % 10**9:09d}Z"
+
+
+class State(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    DRAINING = "draining"
+    FINISHED = "finished"
+    ABORTED = "aborted"
+
+
+_LEGAL = {
+    State.CREATED: {State.RUNNING, State.ABORTED},
+    State.RUNNING: {State.DRAINING, State.ABORTED},
+    State.DRAINING: {State.FINISHED, State.ABORTED},
+    State.FINISHED: set(),
+    State.ABORTED: set(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A state change the xaction state machine does not allow."""
+
+
+class XactStats:
+    """AIStore's counting stats: objects and bytes written locally, sent out, received."""
+
+    __slots__ = ("loc_objs", "loc_bytes", "out_objs", "out_bytes", "in_objs", "in_bytes")
+
+    def __init__(self) -> None:
+        self.loc_objs = self.loc_bytes = self.out_objs = self.out_bytes = self.in_objs = self.in_bytes = 0
+
+    def to_wire(self) -> dict[str, str]:
+        return {"loc-objs": str(self.loc_objs), "loc-bytes": str(self.loc_bytes),
+                "out-objs": str(self.out_objs), "out-bytes": str(self.out_bytes),
+                "in-objs": str(self.in_objs), "in-bytes": str(self.in_bytes)}
+
+
+class Xaction:
+    """One target's share of a job.
+
+    Args:
+        xid: job id (the same on every target).
+        kind: ``etl-bck`` or ``etl-listrange``.
+        node_id: this target's id.
+        src_bck, dst_bck: bucket names.
+        ctlmsg: a short description for snapshots.
+        report_path: where every per-object failure is appended (JSON lines);
+            the capped list keeps 128, the report keeps all.
+    """
+
+    def __init__(self, *, xid: str, kind: str, node_id: str, src_bck: str, dst_bck: str,
+                 ctlmsg: str = "", report_path: str | None = None) -> None:
+        self.xid, self.kind, self.node_id = xid, kind, node_id
+        self.src_bck, self.dst_bck, self.ctlmsg = src_bck, dst_bck, ctlmsg
+        self.state = State.CREATED
+        self.stats = XactStats()
+        self.start_ns = time.time_ns()
+        self.end_ns = 0
+        self.abort_err = ""
+        self.errs: list[str] = []
+        self.err_total = 0
+        self.njoggers = 0
+        self.nworkers = 0
+        self.total_objs = 0  # known size of the work, for progress (0 = unknown)
+        self.total_bytes = 0
+        self._report_path = report_path
+        self._report: Any = None
+        self.obj_errs = ObjErrs(on_error=self._report_error)
+        self._on_done: list[Callable[["Xaction"], None]] = []
+        self.log = log.bind(xid=xid, kind=kind, target=node_id)
+
+    # -- state -------------------------------------------------------------------
+    def transition(self, to: State) -> None:
+        """Move to ``to``; raises :class:`IllegalTransition` for a move the machine forbids."""
+        if to not in _LEGAL[self.state]:
+            raise IllegalTransition(f"xaction {self.xid}: {self.state.value} -> {to.value} is not allowed")
+        self.log.debug("xaction state", frm=self.state.value, to=to.value)
+        self.state = to
+        if to in (State.FINISHED, State.ABORTED):
+            self.end_ns = time.time_ns()
+            if self._report is not None:
+                self._report.close()
+                self._report = None
+            for cb in self._on_done:
+                cb(self)
+
+    @property
+    def running(self) -> bool:
+        return self.state in (State.CREATED, State.RUNNING, State.DRAINING)
+
+    @property
+    def aborted(self) -> bool:
+        return self.state is State.ABORTED
+
+    def abort(self, err: str) -> bool:
+        """Abort with ``err``; returns False if the xaction had already ended."""
+        if not self.running:
+            return False
+        self.abort_err = err
+        self.transition(State.ABORTED)
+        self.log.info("xaction aborted", err=err)
+        return True
+
+    def on_done(self, cb: Callable[["Xaction"], None]) -> None:
+        self._on_done.append(cb)
+
+    # -- errors --------------------------------------------------------------------
+    def _report_error(self, err: dict[str, Any]) -> None:
+        if self._report_path is None:
+            return
+        if self._report is None:
+            os.makedirs(os.path.dirname(self._report_path), exist_ok=True)
+            self._report = open(self._report_path, "a", buffering=1)  # noqa: SIM115 - closed on finish
+        self._report.write(json.dumps(err) + "\n")
+
+    def add_obj_err(self, obj_name: str, msg: str, ecode: int) -> None:
+        """Record a per-object failure (capped list + full report + the xaction's own errors)."""
+        self.obj_errs.add(obj_name, msg, ecode)
+        self.err_total += 1
+        if len(self.errs) < MAX_XACT_ERRS and msg not in self.errs:
+            self.errs.append(msg)
+
+    @property
+    def err(self) -> str:
+        """AIStore's ``err``: set when the job finished with errors (``coer``) or aborted."""
+        if not self.errs:
+            return self.abort_err
+        more = f" (and {self.err_total - len(self.errs)} more)" if self.err_total > len(self.errs) else ""
+        return f"{self.err_total} object error(s): " + "; ".join(self.errs) + more
+
+    # -- wire ----------------------------------------------------------------------
+    def snap(self) -> dict[str, Any]:
+        """The ``qryxstats`` snapshot (``core/xaction_wire.go`` Snap)."""
+        return {
+            "id": self.xid,
+            "kind": self.kind,
+            "start-time": rfc3339(self.start_ns),
+            "end-time": rfc3339(self.end_ns),
+            "bck": {"name": self.src_bck, "provider": "ais", "namespace": {"uuid": "", "name": ""}},
+            "src-bck": {"name": self.src_bck, "provider": "ais", "namespace": {"uuid": "", "name": ""}},
+            "dst-bck": {"name": self.dst_bck, "provider": "ais", "namespace": {"uuid": "", "name": ""}},
+            "ctlmsg": self.ctlmsg,
+            "abort-err": self.abort_err,
+            "err": self.err,
+            "glob.id": str(self.njoggers | (self.nworkers << 10)),
+            "stats": self.stats.to_wire(),
+            "aborted": self.aborted,
+            "is_idle": not self.running,
+            # aioetl extensions (progress): ignored by the SDK
+            "total-objs": str(self.total_objs),
+            "total-bytes": str(self.total_bytes),
+            "err-total": str(self.err_total),
+            "state": self.state.value,
+            "node": self.node_id,
+        }
