@@ -263,8 +263,10 @@ def _run(coro):  # type: ignore[no-untyped-def]
 
 def _register_subcommands() -> None:
     from .cli_etl import etl_app
+    from .cli_jobs import job_app
 
     app.add_typer(etl_app, name="etl")
+    app.add_typer(job_app, name="job")
 
 
 def main() -> None:

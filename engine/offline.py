@@ -287,14 +287,20 @@ class OfflineJobs:
                 return
             try:
                 await self._one(job, name, fqn, size)
+                x.done_objs += 1
+                x.done_bytes += size
             except InsufficientStorage:
                 raise
             except AioetlError as e:
                 x.add_obj_err(f"ais://{x.src_bck}/{name}", e.message, e.status)
+                x.done_objs += 1
+                x.done_bytes += size
                 if not msg.coer:
                     raise
             except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as e:
                 x.add_obj_err(f"ais://{x.src_bck}/{name}", f"{type(e).__name__}: {e}", 500)
+                x.done_objs += 1
+                x.done_bytes += size
                 if not msg.coer:
                     raise
 

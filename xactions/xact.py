@@ -113,6 +113,8 @@ class Xaction:
         self.nworkers = 0
         self.total_objs = 0  # known size of the work, for progress (0 = unknown)
         self.total_bytes = 0
+        self.done_objs = 0  # source objects processed (success or error) and their bytes
+        self.done_bytes = 0
         self._report_path = report_path
         self._report: Any = None
         self.obj_errs = ObjErrs(on_error=self._report_error)
@@ -199,6 +201,8 @@ class Xaction:
             # aioetl extensions (progress): ignored by the SDK
             "total-objs": str(self.total_objs),
             "total-bytes": str(self.total_bytes),
+            "done-objs": str(self.done_objs),
+            "done-bytes": str(self.done_bytes),
             "err-total": str(self.err_total),
             "state": self.state.value,
             "node": self.node_id,
