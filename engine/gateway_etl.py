@@ -28,6 +28,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from xactions.errs import MAX_OBJ_ERRS
+
 from .errors import AlreadyExists, BadRequest
 from .etl import STAGE_ABORTED, STAGE_INITIALIZING, STAGE_RUNNING, etl_not_found, parse_init_msg, validate_etl_name
 from .httpd import json_response, read_json
@@ -178,9 +180,13 @@ class GatewayEtl:
         e = self.require(name)
         uuid = request.query.get("uuid", "")
         errs: list[Any] = []
+        seen: set[str] = set()
         for _t, st, body in await self._each_target("GET", f"/v1/etl/{name}/details?uuid={uuid}", timeout_s=10):
             if st == 200:
-                errs.extend(json.loads(body).get("obj_errors") or [])
+                for err in json.loads(body).get("obj_errors") or []:
+                    if len(errs) < MAX_OBJ_ERRS and err.get("msg") not in seen:
+                        seen.add(err.get("msg"))
+                        errs.append(err)
         doc = {"init_msg": e["msg"], "obj_errors": errs, "stage": e["stage"], "error": e.get("error", "")}
         return json_response(doc)
 

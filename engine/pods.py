@@ -72,6 +72,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the target dies (Linux PR_SET_PDEATHSIG),
+    so a crashed target leaves no running pod behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 def _pid_ns_supported() -> bool:
     if not shutil.which("unshare"):
         return False
@@ -384,6 +395,7 @@ class LocalProcessRuntime:
         proc = await asyncio.create_subprocess_exec(
             *prefix, *cmd, env=env, cwd=pod_dir, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         pod = LocalPod(spec.name, proc, f"http://127.0.0.1:{port}", self.pid_namespace)
         pod._readers.append(asyncio.ensure_future(pod._pump(proc.stdout)))

@@ -21,11 +21,27 @@ import pytest
 from engine.launcher import LocalCluster
 
 
+def fast_data_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[str]:
+    """A data root on tmpfs (/dev/shm) when there is one: tests create thousands of small
+    files, which tmpfs makes ~20x faster than this machine's disk. Removed afterwards."""
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        import shutil
+        import tempfile
+
+        d = tempfile.mkdtemp(prefix=f"aioetl-{name}-", dir="/dev/shm")
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    else:
+        yield str(tmp_path_factory.mktemp(name))
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    data = tmp_path_factory.mktemp("cluster")
-    with LocalCluster(targets=3, data_dir=str(data), port=0) as c:
-        yield c
+    for data in fast_data_dir(tmp_path_factory, "cluster"):
+        with LocalCluster(targets=3, data_dir=data, port=0) as c:
+            yield c
 
 
 @pytest.fixture(scope="session")
