@@ -353,7 +353,10 @@ class OfflineJobs:
                 try:
                     async for chunk in resp.content.iter_chunked(1 << 20):
                         wf.write(chunk)
-                    md = await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
+                    if wf.mpath.volatile:
+                        md = wf.finalize()
+                    else:
+                        md = await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
                 except BaseException:
                     wf.abort()
                     raise
@@ -376,7 +379,10 @@ class OfflineJobs:
             x.stats.loc_objs += 1
             x.stats.loc_bytes += len(data)
         elif local:
-            await asyncio.get_running_loop().run_in_executor(None, self.t.store.put_bytes, dst, dst_name, data)
+            if self.t.store.mountpath_of(dst, dst_name).volatile:
+                self.t.store.put_bytes(dst, dst_name, data)
+            else:
+                await asyncio.get_running_loop().run_in_executor(None, self.t.store.put_bytes, dst, dst_name, data)
             x.stats.loc_objs += 1
             x.stats.loc_bytes += len(data)
         else:

@@ -227,7 +227,9 @@ class Target:
                     wf.write(chunk)
             if expected is not None and wf.size != expected:
                 raise BadRequest(f"short body for \"ais://{bck}/{obj}\": got {wf.size} of {expected} bytes")
-            # fsync blocks: run it (and the rename) in a thread
+            if wf.mpath.volatile:
+                return wf.finalize()  # tmpfs: fsync is free; a thread hop is not
+            # fsync blocks on a disk: run it (and the rename) in a thread
             return await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
         except BaseException:
             wf.abort()

@@ -32,17 +32,22 @@ except ImportError:  # pragma: no cover - exercised only where psutil is missing
     psutil = None
 
 __all__ = [
+    "MODES",
     "BenchResult",
+    "CommonOptions",
     "Measurement",
     "RssSampler",
     "cpu_seconds",
+    "default_data_parent",
     "filesystem_of",
     "interleave",
+    "loop_name",
     "machine_info",
     "markdown_table",
     "median",
     "percentile",
     "ratio_median",
+    "run_loop",
     "size_label",
     "summarize",
     "write_results",
@@ -533,3 +538,58 @@ def markdown_table(measurements: Sequence[Measurement], ratios: Mapping[str, flo
         rows += ["", "| ratio | value |", "|---|---:|"]
         rows += [f"| {k} | {v:.3f} |" for k, v in ratios.items()]
     return "\n".join(rows)
+
+
+# -- options and the event loop --------------------------------------------------
+
+MODES = ("full", "quick", "tiny")
+
+
+def default_data_parent() -> str:
+    """Where benchmark data roots go by default: tmpfs ``/dev/shm`` when present."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else "/tmp"
+
+
+@dataclass(kw_only=True)
+class CommonOptions:
+    """Flags of ``python -m perf`` that every benchmark honours.
+
+    Attributes:
+        mode: ``full``, ``quick`` (fewer objects and rounds) or ``tiny`` (smoke test).
+        rounds: interleaved rounds; ``None`` = the mode's default.
+        out_dir: where ``results.json`` (and profiles) go.
+        data_parent: directory in which a fresh data root is made (and removed).
+        keep_data: leave the data root in place afterwards.
+        profile: run server processes under cProfile (numbers then not comparable).
+    """
+
+    mode: str = "full"
+    rounds: int | None = None
+    out_dir: str = "perf-out"
+    data_parent: str = field(default_factory=default_data_parent)
+    keep_data: bool = False
+    profile: bool = False
+
+
+def run_loop(coro: Awaitable[T]) -> T:
+    """Run ``coro`` to completion on a fresh uvloop loop (asyncio's when uvloop is missing).
+
+    Does not change the global event loop policy.
+    """
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)  # type: ignore[arg-type]
+
+
+def loop_name() -> str:
+    """``uvloop`` or ``asyncio``: which loop :func:`run_loop` uses."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # pragma: no cover
+        return "asyncio"
+    return "uvloop"

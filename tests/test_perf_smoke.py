@@ -1,0 +1,113 @@
+"""Smoke test of the perf harness: ``python -m perf --tiny`` runs end to end.
+
+It starts a real one-target cluster and the echo server, moves a few objects,
+and must produce a complete ``results.json``. No speed is ever asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # perf/ is not an installed package; run from any directory
+    sys.path.insert(0, str(ROOT))
+
+from perf.common import filesystem_of, interleave, percentile, ratio_median, run_loop, size_label  # noqa: E402
+
+OPS = ("put", "get")
+SIZES = ("10KiB", "16MiB")
+VARIANTS = ("echo", "cluster", "direct")
+FIELDS = ("seconds", "objects_per_s", "mib_per_s", "p50_ms", "p99_ms", "peak_rss_mib")
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def test_tiny_cluster_run_writes_complete_results(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "perf", "--tiny", "--only", "cluster", "--out", str(out),
+         "--small-count", "4", "--large-count", "1", "--data-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads((out / "results.json").read_text())
+
+    assert {"machine", "mode", "benchmarks", "measurements", "ratios"} <= doc.keys()
+    m = doc["machine"]
+    assert m["cpu_count"] >= 1 and m["python"] and _positive(m["mem_total_mib"])
+    bench = doc["benchmarks"]["cluster"]
+    assert "error" not in bench
+    assert bench["info"]["data_fs"]["fstype"] == filesystem_of(str(tmp_path))["fstype"]
+    for label, check in bench["info"]["redirect_check"].items():
+        assert check["bytes_intact"] is True, label
+        assert check["final_url_is_owner"] is True, label
+
+    got = {(x["name"], x["variant"]): x for x in doc["measurements"]}
+    want = {(f"{op}_{size}", v) for op in OPS for size in SIZES for v in VARIANTS}
+    assert set(got) == want
+    for key, x in got.items():
+        assert x["count"] == (4 if key[0].endswith("10KiB") else 1), key
+        assert x["concurrency"] == 16 and x["rounds"] == 1, key
+        for f in FIELDS:
+            assert _positive(x[f]), (key, f, x[f])
+        assert x["p99_ms"] >= x["p50_ms"], key
+        # CPU time comes in 10 ms ticks: a 4-object pass may use "0" of it
+        assert x["server_cpu_s"] >= 0 and x["client_cpu_s"] >= 0, key
+        if key[1] == "cluster":  # every request went through the gateway's 307
+            assert x["extra"]["redirects_followed"] + x["extra"]["manual_redirects"] == x["count"], key
+
+    want_ratios = {f"{a}_vs_{b}_{op}_{size}" for a, b in (("cluster", "echo"), ("direct", "echo"), ("cluster", "direct"))
+                   for op in OPS for size in SIZES}
+    assert set(doc["ratios"]) == want_ratios
+    assert all(_positive(v) for v in doc["ratios"].values())
+    assert "| put_10KiB | cluster |" in proc.stdout
+    # the data root was removed
+    assert not list(tmp_path.glob("aioetl-perf-*"))
+
+
+def test_interleave_alternates_and_ratios_are_per_round() -> None:
+    order: list[str] = []
+
+    def make(name: str, values: list[float]):  # type: ignore[no-untyped-def]
+        it = iter(values)
+
+        async def run() -> float:
+            order.append(name)
+            return next(it)
+
+        return run
+
+    # B is twice as fast as A in every round, although the machine drifts 4x between rounds
+    res = run_loop(interleave({"A": make("A", [1.0, 4.0, 2.0]), "B": lambda: (order.append("B"), 0.0)[1]}, 3))
+    assert order == ["A", "B", "B", "A", "A", "B"]
+    assert res["A"] == [1.0, 4.0, 2.0] and res["B"] == [0.0, 0.0, 0.0]
+    assert ratio_median([2.0, 8.0, 4.0], [1.0, 4.0, 2.0]) == 2.0
+    with pytest.raises(ValueError):
+        run_loop(interleave({"A": lambda: 1}, 0))
+
+
+def test_stat_helpers() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile([1.0, 2.0], 99) == pytest.approx(1.99)
+    assert percentile([7.0], 99) == 7.0
+    assert size_label(10 * 1024) == "10KiB" and size_label(16 << 20) == "16MiB" and size_label(1000) == "1000B"
+
+
+def test_filesystem_of_picks_longest_mount(tmp_path: Path) -> None:
+    base = tmp_path.resolve()
+    (base / "data disk" / "obj").mkdir(parents=True)
+    (base / "data diskx").mkdir()
+    escaped = str(base / "data disk").replace(" ", "\\040")
+    mounts = base / "mounts"
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\n/dev/vdb {escaped} xfs rw 0 0\n")
+    got = filesystem_of(str(base / "data disk" / "obj" / "not-yet"), str(mounts))
+    assert got["fstype"] == "xfs" and got["mount_point"] == str(base / "data disk")
+    assert filesystem_of(str(base / "data diskx"), str(mounts))["fstype"] == "ext4"
