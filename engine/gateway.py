@@ -91,6 +91,7 @@ class Gateway:
 
         self.jobs = GatewayJobs(self)
         self._bg: list[asyncio.Future[None]] = []
+        self._summaries: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def _load_bmd(self) -> dict[str, Any]:
         try:
@@ -112,6 +113,7 @@ class Gateway:
         r.add_route("POST", "/v1/buckets/{bck}", self.bck_post)
         r.add_route("DELETE", "/v1/buckets/{bck}", self.bck_delete)
         r.add_route("HEAD", "/v1/buckets/{bck}", self.bck_head)
+        r.add_route("HEAD", "/v1/buckets/{bck}/{prefix:.*}", self.bck_head)
         r.add_route("*", "/v1/objects/{tail:.+}", self.redirect_object, expect_handler=self.expect_redirect)
         self.etl.add_routes(app)
         self.jobs.add_routes(app)
@@ -241,6 +243,8 @@ class Gateway:
         return web.Response(status=200)
 
     async def bck_head(self, request: web.Request) -> web.StreamResponse:
+        """Bucket props; with ``presence`` (the SDK's ``info()``), an async summary:
+        202 + ``Ais-Xaction-Id`` first, then 200 + ``Ais-Bucket-Summ`` when asked with ``uuid``."""
         bck = self._bck(request)
         props = self._require(bck)
         doc = {
@@ -250,7 +254,47 @@ class Gateway:
             "bid": props["bid"],
             "checksum": {"type": "xxhash"},
         }
-        return web.Response(status=200, headers={"Ais-Bucket-Props": json.dumps(doc)})
+        headers = {"Ais-Bucket-Props": json.dumps(doc)}
+        if "presence" not in request.query:
+            return web.Response(status=200, headers=headers)
+        uuid = request.query.get("uuid", "")
+        if not uuid:
+            uuid = self._stash_summary(await self.bucket_summary(bck, request.match_info.get("prefix", "")))
+            return web.Response(status=202, headers={**headers, "Ais-Xaction-Id": uuid})
+        headers["Ais-Bucket-Summ"] = json.dumps(self._summary_of(uuid))
+        return web.Response(status=200, headers=headers)
+
+    def _stash_summary(self, summ: dict[str, Any]) -> str:
+        now = time.monotonic()
+        for k in [k for k, (t, _) in self._summaries.items() if now - t > 600]:
+            del self._summaries[k]
+        uuid = secrets.token_hex(5)
+        self._summaries[uuid] = (now, summ)
+        return uuid
+
+    def _summary_of(self, uuid: str) -> dict[str, Any]:
+        got = self._summaries.get(uuid)
+        if got is None:
+            raise BadRequest(f'bucket summary "{uuid}" not found (expired or never started)')
+        return got[1]
+
+    async def bucket_summary(self, bck: str, prefix: str = "") -> dict[str, Any]:
+        """Objects and bytes of ``bck`` (with ``prefix``) across all targets, as AIStore's BsummResult."""
+        pages = await self._gather_targets("GET", f"/v1/buckets/{bck}?what=summary", {"prefix": prefix})
+        count = sum(int(p["count"]) for p in pages)
+        size = sum(int(p["size"]) for p in pages)
+        disks = sum(int(p["disks"]) for p in pages)
+        mn = min((int(p["min"]) for p in pages if p["count"]), default=0)
+        mx = max((int(p["max"]) for p in pages if p["count"]), default=0)
+        return {
+            "name": bck, "provider": "ais", "namespace": {"uuid": "", "name": ""},
+            "ObjCount": {"obj_count_present": str(count), "obj_count_remote": "0"},
+            "ObjSize": {"obj_min_size": mn, "obj_avg_size": size // count if count else 0, "obj_max_size": mx},
+            "TotalSize": {"size_on_disk": str(size), "size_all_present_objs": str(size),
+                          "size_all_remote_objs": "0", "total_disks_size": str(disks)},
+            "used_pct": int(100 * size / disks) if disks else 0,
+            "is_present": True,
+        }
 
     async def list_buckets(self, request: web.Request) -> web.StreamResponse:
         provider = request.query.get("provider", "")
@@ -268,6 +312,13 @@ class Gateway:
         if action in ("", "list"):
             self._require(bck)
             return await self.list_objects(bck, value or {})
+        if action == "summary-bck":
+            self._require(bck)
+            v = value if isinstance(value, dict) else {}
+            if not v.get("uuid"):
+                uuid = self._stash_summary(await self.bucket_summary(bck, str(v.get("prefix") or "")))
+                return web.Response(status=202, text=uuid)
+            return json_response([self._summary_of(str(v["uuid"]))])
         raise BadRequest(f'invalid action "{action}" for GET /v1/buckets/{bck}')
 
     async def list_objects(self, bck: str, msg: dict[str, Any]) -> web.StreamResponse:
@@ -289,6 +340,12 @@ class Gateway:
         uuid = str(msg.get("uuid") or "") or secrets.token_hex(8)
         token = str(msg.get("continuation_token") or msg.get("start_after") or "")
         props = str(msg.get("props") or "")
+        try:
+            flags = int(msg.get("flags") or 0)
+        except (TypeError, ValueError):
+            raise BadRequest(f"invalid list flags {msg.get('flags')!r}") from None
+        name_only = bool(flags & (1 << 4))  # apc.LsNameOnly
+        name_size = bool(flags & (1 << 5))  # apc.LsNameSize
         body = {"uuid": uuid, "prefix": prefix, "token": token, "pagesize": pagesize}
         pages = await self._gather_targets("GET", f"/v1/buckets/{bck}", body)
         more = any(p["more"] for p in pages)
@@ -303,6 +360,9 @@ class Gateway:
         want_all = not props or "all" in props
         out_entries = []
         for name, size, cksum, version, atime_ns, custom in entries:
+            if name_only or name_size:
+                out_entries.append({"n": name, "s": size if name_size else 0, "f": 1 << 6})
+                continue
             ent: dict[str, Any] = {"n": name, "s": size, "f": 1 << 6, "c": 1}
             if want_all or "checksum" in props:
                 ent["cs"] = cksum
@@ -311,7 +371,7 @@ class Gateway:
             if want_all or "atime" in props:
                 ent["a"] = time.strftime("%d %b %y %H:%M UTC", time.gmtime(atime_ns / 1e9))
             if custom and (want_all or "custom" in props):
-                ent["m"] = ",".join(f"{k}={v}" for k, v in sorted(custom.items()))
+                ent["m"] = ", ".join(f"{k}={v}" for k, v in sorted(custom.items()))
             out_entries.append(ent)
         res = {"UUID": uuid, "ContinuationToken": next_token, "Entries": out_entries, "Flags": 0}
         return web.Response(body=_lso_enc.encode(res), content_type="application/msgpack")

@@ -303,6 +303,16 @@ class Store:
         finally:
             os.close(fd)
 
+    def set_custom(self, bck: str, obj: str, custom: dict[str, str], *, replace: bool = False) -> LomMD:
+        """Merge (or replace) an object's custom metadata in place; raises :class:`NotFound`."""
+        fd, md, _ = self.open_object(bck, obj)
+        try:
+            md.custom = dict(custom) if replace else {**md.custom, **custom}
+            os.setxattr(fd, XATTR, _enc.encode(md))
+            return md
+        finally:
+            os.close(fd)
+
     def head(self, bck: str, obj: str) -> LomMD:
         """Metadata of an object; raises :class:`NotFound`."""
         fd, md, _ = self.open_object(bck, obj)

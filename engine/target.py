@@ -70,8 +70,9 @@ class TargetConfig:
     data_dir: str = ""
 
 
-def md_headers(md: LomMD, bck: str, obj: str, location: str) -> dict[str, str]:
-    """The ``ais-*`` object headers AIStore sends on GET and HEAD."""
+def md_headers(md: LomMD, bck: str, obj: str, location: str, props: str = "") -> dict[str, str]:
+    """The ``ais-*`` object headers AIStore sends on GET and HEAD; ``Last-Modified`` and
+    ``ETag`` only when ``props`` asks for them (HEAD v2)."""
     h = {
         "ais-checksum-type": CKSUM_TYPE if md.cksum else "none",
         "ais-checksum-value": md.cksum,
@@ -83,11 +84,13 @@ def md_headers(md: LomMD, bck: str, obj: str, location: str) -> dict[str, str]:
         "ais-location": location,
         "ais-mirror-copies": "1",
         "ais-present": "true",
-        "Last-Modified": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(md.atime_ns / 1e9)),
-        "ETag": f'"{md.cksum}"',
     }
     if md.custom:
-        h["ais-custom-md"] = ",".join(f"{k}={v}" for k, v in sorted(md.custom.items()))
+        h["ais-custom-md"] = ", ".join(f"{k}={v}" for k, v in sorted(md.custom.items()))
+    if "last-modified" in props:
+        h["Last-Modified"] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(md.atime_ns / 1e9))
+    if "etag" in props:
+        h["ETag"] = md.cksum
     return h
 
 
@@ -167,6 +170,7 @@ class Target:
         r.add_route("GET", "/v1/objects/{tail:.+}", self.get_object)
         r.add_route("HEAD", "/v1/objects/{tail:.+}", self.head_object)
         r.add_route("DELETE", "/v1/objects/{tail:.+}", self.delete_object)
+        r.add_route("PATCH", "/v1/objects/{tail:.+}", self.patch_object)
         r.add_route("GET", "/v1/buckets/{bck}", self.list_page)
         r.add_route("PUT", "/v1/metasync", self.metasync)
         r.add_route("GET", "/v1/health", self.health)
@@ -281,12 +285,12 @@ class Target:
 
     async def head_object(self, request: web.Request) -> web.StreamResponse:
         bck, obj = self._obj(request)
-        return await self.head_local(bck, obj)
+        return await self.head_local(bck, obj, request.query.get("props", ""))
 
-    async def head_local(self, bck: str, obj: str) -> web.StreamResponse:
+    async def head_local(self, bck: str, obj: str, props: str = "") -> web.StreamResponse:
         fd, md, fqn = self.store.open_object(bck, obj)
         os.close(fd)
-        headers = md_headers(md, bck, obj, f"{self.node_id}:{fqn}")
+        headers = md_headers(md, bck, obj, f"{self.node_id}:{fqn}", props)
         headers["Content-Length"] = str(md.size)
         return web.Response(status=200, headers=headers)
 
@@ -331,6 +335,8 @@ class Target:
         bck = request.match_info["bck"]
         self._check_bck(bck)
         msg = await read_json(request)
+        if request.query.get("what") == "summary":
+            return await self._summary(bck, str(msg.get("prefix", "")))
         uuid, prefix = str(msg.get("uuid", "")), str(msg.get("prefix", ""))
         token, pagesize = str(msg.get("token", "")), int(msg.get("pagesize", 0) or 10000)
         now = time.monotonic()
@@ -359,6 +365,36 @@ class Target:
             }
         )
         return web.Response(body=body, content_type="application/msgpack")
+
+    async def _summary(self, bck: str, prefix: str) -> web.StreamResponse:
+        def count() -> dict[str, int]:
+            n = size = 0
+            mn, mx = 0, 0
+            for _name, fqn in self.store.iter_names(bck, prefix):
+                try:
+                    sz = os.stat(fqn).st_size
+                except OSError:
+                    continue
+                mn = sz if n == 0 else min(mn, sz)
+                mx = max(mx, sz)
+                n += 1
+                size += sz
+            disks = sum(int(c["total"]) for c in self.store.capacity())  # type: ignore[call-overload]
+            return {"count": n, "size": size, "min": mn, "max": mx, "disks": disks}
+
+        doc = await asyncio.get_running_loop().run_in_executor(None, count)
+        return web.Response(body=LSO_PAGE_ENCODER.encode(doc), content_type="application/msgpack")
+
+    async def patch_object(self, request: web.Request) -> web.StreamResponse:
+        """Set custom metadata (SDK ``set_custom_props``): merge, or replace with ``set-new-custom``."""
+        bck, obj = self._obj(request)
+        doc = await read_json(request)
+        value = doc.get("value") if isinstance(doc, dict) else None
+        if not isinstance(value, dict):
+            raise BadRequest('expected {"value": {"key": "value", ...}} with the custom metadata')
+        replace = request.query.get("set-new-custom", "").lower() == "true"
+        self.store.set_custom(bck, obj, {str(k): str(v) for k, v in value.items()}, replace=replace)
+        return web.Response(status=200)
 
     # -- control -----------------------------------------------------------
     async def metasync(self, request: web.Request) -> web.StreamResponse:
