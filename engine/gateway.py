@@ -212,7 +212,7 @@ class Gateway:
                 raise AlreadyExists(f'bucket "ais://{bck}" already exists')
             await self.create_bucket(bck)
             return web.Response(status=200)
-        if action in ("etl-bck", "etl-listrange"):
+        if action in ("etl-bck", "etl-listrange", "copy-bck", "copy-listrange"):
             return await self.jobs.start(request, bck, action, value)
         raise BadRequest(f'invalid action "{action}" for POST /v1/buckets/{bck}')
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from xactions.tcb import ETL_BCK, ETL_LISTRANGE, TcbMsg
+from xactions.tcb import COPY_BCK, ETL_BCK, LISTRANGE_KINDS, TcbMsg
 from xactions.xact import new_xid
 
 from .errors import BadRequest, NotFound
@@ -87,10 +87,11 @@ class GatewayJobs:
         """Validate and start an ``etl-bck``/``etl-listrange`` job; reply with its id."""
         msg = TcbMsg.parse(action, value)
         self.gw._require(src)
-        self.gw.etl.require_running(msg.etl_name)
+        if msg.etl_name:
+            self.gw.etl.require_running(msg.etl_name)
         for stage in msg.pipeline:
             self.gw.etl.require_running(stage)
-        if action == ETL_BCK:
+        if action in (ETL_BCK, COPY_BCK):
             bck_to = request.query.get("bck_to", "")
             if not bck_to:
                 raise BadRequest(f"{action}: missing destination (query bck_to=ais/@#/<bucket>/)")
@@ -105,7 +106,7 @@ class GatewayJobs:
                              "(only a dry run may transform a bucket onto itself)")
         if dst not in self.gw.bmd["buckets"]:
             await self.gw.create_bucket(dst, like=src)
-        xid = new_xid("tco-" if action == ETL_LISTRANGE else "")
+        xid = new_xid("tco-" if action in LISTRANGE_KINDS else "")
         targets = list(self.gw.smap.targets.values())
         self.jobs[xid] = {"id": xid, "kind": action, "src": src, "dst": dst, "etl": msg.etl_name,
                           "pipeline": msg.pipeline, "targets": [t.daemon_id for t in targets], "start": time.time_ns()}

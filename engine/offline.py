@@ -42,7 +42,7 @@ from aiohttp import web
 
 from communicators.target_comm import EtlFailed, WsComm
 from xactions.queue import ByteQueue, QueueClosed
-from xactions.tcb import ETL_LISTRANGE, TcbMsg, expand_template
+from xactions.tcb import LISTRANGE_KINDS, TcbMsg, expand_template
 from xactions.xact import State, Xaction
 
 from .errors import AioetlError, BadRequest, InsufficientStorage, NotFound
@@ -74,7 +74,7 @@ def resolve_num_workers(requested: int, n_mountpaths: int, cpus: int | None = No
 
 
 class _Job:
-    def __init__(self, xact: Xaction, msg: TcbMsg, inst: "EtlInstance") -> None:
+    def __init__(self, xact: Xaction, msg: TcbMsg, inst: "EtlInstance | None") -> None:
         self.xact = xact
         self.msg = msg
         self.inst = inst
@@ -112,13 +112,14 @@ class OfflineJobs:
         doc = await read_json(request)
         xid, kind, src, dst = str(doc["id"]), str(doc["kind"]), str(doc["src"]), str(doc["dst"])
         msg = TcbMsg.parse(kind, doc["msg"])
-        inst = self.t.etl.get(msg.etl_name)
+        inst = self.t.etl.get(msg.etl_name) if msg.etl_name else None  # none: a plain copy
         self.t.etl.pipeline_urls(msg.pipeline)  # 404 if a stage is missing here
         self._gc()
         if xid in self.jobs:
             raise BadRequest(f"job {xid} already exists on {self.t.node_id}")
         xact = Xaction(xid=xid, kind=kind, node_id=self.t.node_id, src_bck=src, dst_bck=dst,
-                       ctlmsg=f"etl:{msg.etl_name} {src}->{dst}", report_path=self.report_path(xid))
+                       ctlmsg=f"{'etl:' + msg.etl_name if msg.etl_name else 'copy'} {src}->{dst}",
+                       report_path=self.report_path(xid))
         job = _Job(xact, msg, inst)
         self.jobs[xid] = job
         job.task = asyncio.ensure_future(self._run(job))
@@ -184,7 +185,7 @@ class OfflineJobs:
         queue: ByteQueue[tuple[str, str]] = ByteQueue(high_items=max(64, nworkers * 16), high_bytes=256 << 20)
         x.transition(State.RUNNING)
         try:
-            if isinstance(job.inst.comm, WsComm):
+            if job.inst is not None and isinstance(job.inst.comm, WsComm):
                 assert job.inst.pod is not None and self.t.etl.pod_session is not None
                 job.ws = WsComm(job.inst.spec.name, job.inst.pod.url, job.inst.spec.obj_timeout_s,
                                 self.t.etl.pod_session, n_conns=4)
@@ -226,7 +227,7 @@ class OfflineJobs:
         """``(name, fqn, size)`` of the objects this target transforms."""
         msg, src = job.msg, job.xact.src_bck
         loop = asyncio.get_running_loop()
-        if msg.kind == ETL_LISTRANGE and (msg.obj_names or msg.template):
+        if msg.kind in LISTRANGE_KINDS and (msg.obj_names or msg.template):
             names = msg.obj_names if msg.obj_names else expand_template(msg.template)
             explicit = bool(msg.obj_names)
             for name in names:
@@ -263,7 +264,7 @@ class OfflineJobs:
     async def _count_total(self, job: _Job) -> None:
         """Count the job's objects and bytes (for progress and ETA), in a thread."""
         msg, src = job.msg, job.xact.src_bck
-        if msg.kind == ETL_LISTRANGE and (msg.obj_names or msg.template):
+        if msg.kind in LISTRANGE_KINDS and (msg.obj_names or msg.template):
             return
         loop = asyncio.get_running_loop()
 
@@ -306,6 +307,8 @@ class OfflineJobs:
 
     async def _one(self, job: _Job, name: str, fqn: str, size: int) -> None:
         x, msg, inst = job.xact, job.msg, job.inst
+        if inst is None:
+            return await self._copy_one(job, name, fqn, size)
         if inst.stage != "Running":
             raise EtlFailed(f'etl job "{inst.spec.name}" is not running ({inst.abort_reason or inst.stage})', status=424)
         dst_name = msg.to_name(name)
@@ -316,7 +319,7 @@ class OfflineJobs:
         ws = job.ws
         if not local and not msg.dry_run and (inst.spec.direct_put or ws is not None):
             assert owner is not None
-            pipeline = [*pipeline, f"{owner.url}/{quote(make_uname(dst, dst_name), safe='')}?owt=3&uuid={x.xid}"]
+            pipeline = [*pipeline, f"{owner.url}/{quote(make_uname(dst, dst_name), safe='@')}?owt=3&uuid={x.xid}"]
         if ws is not None:
             res = await ws.transform(name, fqn=fqn, pipeline=pipeline)
             if res.data is None:
@@ -373,6 +376,26 @@ class OfflineJobs:
         finally:
             resp.release()
 
+    async def _copy_one(self, job: _Job, name: str, fqn: str, size: int) -> None:
+        """copy-bck / copy-listrange: the same destinations, no ETL."""
+        x, msg = job.xact, job.msg
+        dst_name = msg.to_name(name)
+        owner = self.t.smap.hrw_target(make_uname(x.dst_bck, dst_name)) if self.t.smap else None
+        local = owner is None or owner.daemon_id == self.t.node_id
+        if msg.dry_run:
+            x.stats.loc_objs += 1
+            x.stats.loc_bytes += size
+            return
+        if size <= 1 << 20 or local:
+            data = await asyncio.get_running_loop().run_in_executor(None, self.t.store.read_bytes, x.src_bck, name)
+            await self._deliver_bytes(job, x.dst_bck, dst_name, data, local, owner)
+            return
+        assert owner is not None
+        with open(fqn, "rb") as f:
+            n = await self._put_peer(owner.url, x.dst_bck, dst_name, f, x.xid, size)
+        x.stats.out_objs += 1
+        x.stats.out_bytes += n
+
     async def _deliver_bytes(self, job: _Job, dst: str, dst_name: str, data: bytes, local: bool, owner: Any) -> None:
         x = job.xact
         if job.msg.dry_run:
@@ -394,7 +417,7 @@ class OfflineJobs:
         """PUT one object to the target that owns it (counted ``in`` there). Returns bytes sent."""
         assert self.t.session is not None
         headers = {"Content-Length": str(size)} if size is not None else {}
-        counted = _Counted(body) if not isinstance(body, (bytes, bytearray)) else None
+        counted = _Counted(body) if isinstance(body, aiohttp.StreamReader) else None
         async with self.t.session.put(f"{url}/v1/objects/{quote(bck, safe='')}/{quote(obj, safe='/')}",
                                       params={"uuid": xid, "owt": "3"}, data=counted or body,
                                       headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_read=300)) as r:
@@ -403,7 +426,9 @@ class OfflineJobs:
                 if r.status == 507:
                     raise InsufficientStorage(f"peer out of space: {text}")
                 raise AioetlError(f"PUT of ais://{bck}/{obj} to {url} failed: {r.status} {text}", status=r.status)
-        return counted.n if counted is not None else len(body)
+        if counted is not None:
+            return counted.n
+        return size if size is not None else len(body)
 
 
 class _Counted:

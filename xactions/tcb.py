@@ -20,10 +20,15 @@ from typing import Any, Iterator
 
 from engine.errors import BadRequest
 
-__all__ = ["ETL_BCK", "ETL_LISTRANGE", "TcbMsg", "expand_template"]
+__all__ = ["COPY_BCK", "COPY_KINDS", "COPY_LISTRANGE", "ETL_BCK", "ETL_LISTRANGE", "LISTRANGE_KINDS", "TcbMsg",
+           "expand_template"]
 
 ETL_BCK = "etl-bck"
 ETL_LISTRANGE = "etl-listrange"
+COPY_BCK = "copy-bck"
+COPY_LISTRANGE = "copy-listrange"
+LISTRANGE_KINDS = (ETL_LISTRANGE, COPY_LISTRANGE)
+COPY_KINDS = (COPY_BCK, COPY_LISTRANGE)
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)(?:\.\.(\d+))?\}")
 MAX_TEMPLATE_NAMES = 10_000_000
@@ -81,7 +86,7 @@ class TcbMsg:
     """
 
     kind: str
-    etl_name: str
+    etl_name: str = ""
     pipeline: list[str] = field(default_factory=list)
     prefix: str = ""
     prepend: str = ""
@@ -106,7 +111,7 @@ class TcbMsg:
         if not isinstance(value, dict):
             raise BadRequest(f'{kind}: expected a JSON object as "value"')
         etl = value.get("id") or ""
-        if not isinstance(etl, str) or not etl:
+        if not isinstance(etl, str) or (not etl and kind not in COPY_KINDS):
             raise BadRequest(f'{kind}: "id" (the ETL name) is required')
         pipeline = value.get("pipeline") or []
         if not isinstance(pipeline, list) or not all(isinstance(p, str) for p in pipeline):
@@ -132,7 +137,7 @@ class TcbMsg:
         )
         if msg.sync and msg.prepend:
             raise BadRequest(f"{kind}: synchronize and prepend cannot be used together")
-        if kind == ETL_LISTRANGE:
+        if kind in LISTRANGE_KINDS:
             names = value.get("objnames")
             if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
                 raise BadRequest(f'{kind}: "objnames" must be a list of object names')
