@@ -230,7 +230,9 @@ class Gateway:
 
     async def bck_delete(self, request: web.Request) -> web.StreamResponse:
         bck = self._bck(request)
-        action, _ = await read_action(request, required=False)
+        action, value = await read_action(request, required=False)
+        if action == "delete-listrange":
+            return await self.jobs.start(request, bck, action, value)
         if action not in ("", "destroy-bck"):
             raise BadRequest(f'invalid action "{action}" for DELETE /v1/buckets/{bck}')
         self._require(bck)

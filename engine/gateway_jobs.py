@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from xactions.tcb import COPY_BCK, ETL_BCK, LISTRANGE_KINDS, TcbMsg
+from xactions.tcb import COPY_BCK, DELETE_LISTRANGE, ETL_BCK, LISTRANGE_KINDS, TcbMsg
 from xactions.xact import new_xid
 
 from .errors import BadRequest, NotFound
@@ -101,7 +101,7 @@ class GatewayJobs:
         else:
             dst = msg.to_bck or src
         validate_bck_name(dst)
-        if dst == src and not msg.dry_run:
+        if dst == src and not msg.dry_run and action != DELETE_LISTRANGE:
             raise BadRequest(f'{action}: source and destination are the same bucket "ais://{src}" '
                              "(only a dry run may transform a bucket onto itself)")
         if dst not in self.gw.bmd["buckets"]:

@@ -42,7 +42,7 @@ from aiohttp import web
 
 from communicators.target_comm import EtlFailed, WsComm
 from xactions.queue import ByteQueue, QueueClosed
-from xactions.tcb import LISTRANGE_KINDS, TcbMsg, expand_template
+from xactions.tcb import DELETE_LISTRANGE, LISTRANGE_KINDS, TcbMsg, expand_template
 from xactions.xact import State, Xaction
 
 from .errors import AioetlError, BadRequest, InsufficientStorage, NotFound
@@ -377,8 +377,13 @@ class OfflineJobs:
             resp.release()
 
     async def _copy_one(self, job: _Job, name: str, fqn: str, size: int) -> None:
-        """copy-bck / copy-listrange: the same destinations, no ETL."""
+        """copy-bck / copy-listrange: the same destinations, no ETL; delete-listrange: remove."""
         x, msg = job.xact, job.msg
+        if msg.kind == DELETE_LISTRANGE:
+            self.t.store.delete(x.src_bck, name)
+            x.stats.loc_objs += 1
+            x.stats.loc_bytes += size
+            return
         dst_name = msg.to_name(name)
         owner = self.t.smap.hrw_target(make_uname(x.dst_bck, dst_name)) if self.t.smap else None
         local = owner is None or owner.daemon_id == self.t.node_id

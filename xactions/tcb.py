@@ -20,15 +20,16 @@ from typing import Any, Iterator
 
 from engine.errors import BadRequest
 
-__all__ = ["COPY_BCK", "COPY_KINDS", "COPY_LISTRANGE", "ETL_BCK", "ETL_LISTRANGE", "LISTRANGE_KINDS", "TcbMsg",
+__all__ = ["COPY_BCK", "COPY_KINDS", "DELETE_LISTRANGE", "COPY_LISTRANGE", "ETL_BCK", "ETL_LISTRANGE", "LISTRANGE_KINDS", "TcbMsg",
            "expand_template"]
 
 ETL_BCK = "etl-bck"
 ETL_LISTRANGE = "etl-listrange"
 COPY_BCK = "copy-bck"
 COPY_LISTRANGE = "copy-listrange"
-LISTRANGE_KINDS = (ETL_LISTRANGE, COPY_LISTRANGE)
-COPY_KINDS = (COPY_BCK, COPY_LISTRANGE)
+DELETE_LISTRANGE = "delete-listrange"
+LISTRANGE_KINDS = (ETL_LISTRANGE, COPY_LISTRANGE, DELETE_LISTRANGE)
+COPY_KINDS = (COPY_BCK, COPY_LISTRANGE, DELETE_LISTRANGE)  # kinds without an ETL
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)(?:\.\.(\d+))?\}")
 MAX_TEMPLATE_NAMES = 10_000_000
