@@ -119,6 +119,8 @@ def parse_range(value: str, size: int) -> tuple[int, int]:
             end = size - 1
         else:
             start = int(a)
+            if start >= size and (not b or int(b) >= start):
+                raise RangeNotSatisfiable(f"range {value!r} not satisfiable for size {size}")
             end = int(b) if b else size - 1
     except ValueError:
         raise BadRequest(f"invalid Range header {value!r}") from None

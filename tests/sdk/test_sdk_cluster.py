@@ -1,0 +1,113 @@
+"""Cluster-level behaviour through the aistore SDK: readiness, buckets, HRW spread.
+
+Placement is checked three independent ways for the same 1,000 objects: the
+files on each target's mountpaths, a HEAD sent to every target without
+following redirects (the owner answers 200, the others 307 to the owner, as
+AIStore targets do for a client with a stale map), and the SDK's client-side
+``Smap.get_target_for_object``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
+from urllib.parse import quote, urlsplit
+
+import pytest
+import requests
+
+pytestmark = [pytest.mark.sdk, pytest.mark.timeout(300)]
+
+N_OBJECTS = 1000
+
+
+def test_is_ready(sdk: Any) -> None:
+    assert sdk.cluster().is_ready() is True
+
+
+def test_list_buckets_sees_create_and_destroy(sdk: Any, bucket_name: str) -> None:
+    b = sdk.bucket(bucket_name)
+    assert bucket_name not in {x.name for x in sdk.cluster().list_buckets()}
+    b.create()
+    try:
+        listed = [x for x in sdk.cluster().list_buckets() if x.name == bucket_name]
+        assert len(listed) == 1
+        assert str(getattr(listed[0].provider, "value", listed[0].provider)) == "ais"
+    finally:
+        b.delete()
+    assert bucket_name not in {x.name for x in sdk.cluster().list_buckets()}
+
+
+@pytest.fixture(scope="module")
+def spread(sdk: Any) -> Iterator[tuple[Any, list[str]]]:  # type: ignore[no-untyped-def]
+    b = sdk.bucket(f"spread-{os.getpid()}").create(exist_ok=True)
+    names = [f"shard-{i % 10}/item-{i:05d}.bin" for i in range(N_OBJECTS)]
+    with ThreadPoolExecutor(16) as ex:
+        list(ex.map(lambda n: b.object(n).get_writer().put_content(n.encode() * 3), names))
+    yield b, names
+    b.delete(missing_ok=True)
+
+
+def files_per_target(data_dir: str, bck: str) -> dict[str, set[str]]:
+    """Object names found under ``<data>/targets/<tid>/mp*/@ais/<bck>/%ob/``, per target id."""
+    out: dict[str, set[str]] = {}
+    troot = os.path.join(data_dir, "targets")
+    for tid in sorted(os.listdir(troot)):
+        names: set[str] = set()
+        for mp in sorted(os.listdir(os.path.join(troot, tid))):
+            top = os.path.join(troot, tid, mp, "@ais", bck, "%ob")
+            for root, _dirs, files in os.walk(top):
+                names.update(os.path.relpath(os.path.join(root, f), top) for f in files)
+        out[tid] = names
+    return out
+
+
+def test_hrw_spread_on_disk(sdk: Any, cluster: Any, spread: tuple[Any, list[str]]) -> None:
+    b, names = spread
+    smap = sdk.cluster().get_info()
+    assert len(smap.tmap) == 3
+    per = files_per_target(cluster.data_dir, b.name)
+    assert set(per) == set(smap.tmap)
+    everywhere = [n for tid in per for n in per[tid]]
+    assert sorted(everywhere) == sorted(names), "each object exactly once, on one target"
+    for tid, held in per.items():
+        share = len(held) / N_OBJECTS
+        assert 0.20 <= share <= 0.47, f"target {tid} holds {share:.1%}"
+        for n in held:
+            assert smap.get_target_for_object(b.object(n).uname).daemon_id == tid
+
+
+def test_hrw_owner_answers_others_redirect(sdk: Any, spread: tuple[Any, list[str]]) -> None:
+    b, names = spread
+    smap = sdk.cluster().get_info()
+    targets = {tid: node.public_net.direct_url for tid, node in smap.tmap.items()}
+    by_netloc = {urlsplit(u).netloc: tid for tid, u in targets.items()}
+    sess = requests.Session()
+
+    def owner(name: str) -> tuple[str, str]:
+        path = f"/v1/objects/{b.name}/{quote(name)}"
+        owners, redirects = [], set()
+        for tid, url in targets.items():
+            r = sess.head(url + path, allow_redirects=False, timeout=30)
+            if r.status_code == 200:
+                owners.append(tid)
+            elif r.status_code == 307:
+                redirects.add(by_netloc[urlsplit(r.headers["Location"]).netloc])
+            else:
+                return name, f"unexpected {r.status_code} from {tid}"
+        if len(owners) != 1 or redirects != set(owners):
+            return name, f"owners {owners}, redirected to {redirects}"
+        return name, owners[0]
+
+    with sess, ThreadPoolExecutor(16) as ex:
+        rows = list(ex.map(owner, names))
+    bad = [(n, o) for n, o in rows if o not in targets]
+    assert not bad, f"{len(bad)} objects without exactly one owner, e.g. {bad[:3]}"
+    counts = Counter(o for _, o in rows)
+    assert set(counts) == set(targets)
+    for tid, c in counts.items():
+        assert 0.20 <= c / N_OBJECTS <= 0.47, f"target {tid} owns {c}"
+    mism = [n for n, o in rows if smap.get_target_for_object(b.object(n).uname).daemon_id != o]
+    assert not mism, f"SDK HRW disagrees with the targets for {mism[:3]}"
