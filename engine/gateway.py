@@ -110,7 +110,7 @@ class Gateway:
         r.add_route("GET", "/v1/buckets", self.list_buckets)
         r.add_route("GET", "/v1/buckets/", self.list_buckets)
         r.add_route("GET", "/v1/buckets/{bck}", self.bck_get)
-        r.add_route("POST", "/v1/buckets/{bck}", self.bck_post)
+        r.add_route("POST", "/v1/buckets/{bck:.*}", self.bck_post)
         r.add_route("DELETE", "/v1/buckets/{bck}", self.bck_delete)
         r.add_route("HEAD", "/v1/buckets/{bck}", self.bck_head)
         r.add_route("HEAD", "/v1/buckets/{bck}/{prefix:.*}", self.bck_head)
@@ -313,7 +313,7 @@ class Gateway:
         action, value = await read_action(request, required=False)
         if action in ("", "list"):
             self._require(bck)
-            return await self.list_objects(bck, value or {})
+            return await self.list_objects(bck, value if value is not None else {})
         if action == "summary-bck":
             self._require(bck)
             v = value if isinstance(value, dict) else {}

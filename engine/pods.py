@@ -96,6 +96,26 @@ def _pid_ns_supported() -> bool:
         return False
 
 
+_VENV_LAYOUT = 2  # bump when the layout of cached pod venvs changes (old ones are then rebuilt)
+
+
+def _link_parent_site(vdir: str) -> None:
+    """Let a pod venv see this interpreter's packages (aiohttp, aistore, ...) *after* its own.
+
+    ``venv --system-site-packages`` is not enough when the target itself runs in a
+    venv: the new venv would see the base interpreter, not the target's packages.
+    A ``.pth`` line that calls ``site.addsitedir`` appends the parent's
+    site-packages (and runs their own .pth files), so pip-installed PACKAGES win.
+    """
+    import site
+
+    parents = [p for p in site.getsitepackages() if os.path.isdir(p)]
+    pyver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    sp = os.path.join(vdir, "lib", pyver, "site-packages")
+    with open(os.path.join(sp, "_aioetl_parent.pth"), "w") as f:
+        f.write("import site; " + "; ".join(f"site.addsitedir({p!r})" for p in parents) + "\n")
+
+
 class PodRuntime(Protocol):
     """Starts pods. Implementations: :class:`LocalProcessRuntime` (Kubernetes: not here)."""
 
@@ -304,7 +324,7 @@ class LocalProcessRuntime:
         pkgs = [p.strip() for p in (spec.env_value("PACKAGES") or "").split(",") if p.strip()]
         if not pkgs:
             return self.python
-        key = hashlib.sha256(json.dumps([sys.version, sorted(pkgs)]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([_VENV_LAYOUT, sys.version, self.python, sorted(pkgs)]).encode()).hexdigest()[:16]
         vdir = os.path.join(self.data_dir, "etl-venvs", key)
         py = os.path.join(vdir, "bin", "python")
         ok = os.path.join(vdir, ".ok")
@@ -317,8 +337,10 @@ class LocalProcessRuntime:
             if os.path.exists(ok):
                 return py
             shutil.rmtree(vdir, ignore_errors=True)
-            for cmd in ([self.python, "-m", "venv", "--system-site-packages", vdir],
-                        [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", *pkgs]):
+            for i, cmd in enumerate(([self.python, "-m", "venv", vdir],
+                                     [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", *pkgs])):
+                if i == 1:
+                    _link_parent_site(vdir)
                 p = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                          stderr=asyncio.subprocess.STDOUT)
                 try:

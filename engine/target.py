@@ -21,6 +21,7 @@ import asyncio
 import bisect
 import json
 import os
+import re
 import signal
 import time
 from urllib.parse import quote
@@ -94,41 +95,33 @@ def md_headers(md: LomMD, bck: str, obj: str, location: str, props: str = "") ->
     return h
 
 
+_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+
+
 def parse_range(value: str, size: int) -> tuple[int, int]:
-    """Parse one ``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` range.
+    """Parse one ``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` range (RFC 7233, as Go's parseRange).
 
     Returns:
         ``(offset, length)``.
 
     Raises:
         BadRequest: malformed or multi-range.
-        RangeNotSatisfiable: starts past the end.
+        RangeNotSatisfiable: starts past the end, or a zero-length suffix.
     """
-    unit, _, spec = value.partition("=")
-    if unit.strip() != "bytes" or not spec or "," in spec:
+    m = _RANGE_RE.fullmatch(value.strip())
+    if m is None or (not m[1] and not m[2]):
         raise BadRequest(f"invalid Range header {value!r}: expected a single bytes=a-b range")
-    a, dash, b = spec.strip().partition("-")
-    if not dash:
-        raise BadRequest(f"invalid Range header {value!r}")
-    try:
-        if a == "":
-            n = int(b)
-            if n <= 0:
-                raise RangeNotSatisfiable(f"range {value!r} not satisfiable for size {size}")
-            start = max(0, size - n)
-            end = size - 1
-        else:
-            start = int(a)
-            if start >= size and (not b or int(b) >= start):
-                raise RangeNotSatisfiable(f"range {value!r} not satisfiable for size {size}")
-            end = int(b) if b else size - 1
-    except ValueError:
-        raise BadRequest(f"invalid Range header {value!r}") from None
-    if start < 0 or end < start:
-        raise BadRequest(f"invalid Range header {value!r}")
+    if not m[1]:
+        n = int(m[2])
+        if n == 0 or size == 0:
+            raise RangeNotSatisfiable(f"range {value!r} not satisfiable for size {size}")
+        return max(0, size - n), min(n, size)
+    start = int(m[1])
+    if m[2] and int(m[2]) < start:
+        raise BadRequest(f"invalid Range header {value!r}: end before start")
     if start >= size:
         raise RangeNotSatisfiable(f"range {value!r} not satisfiable for size {size}")
-    end = min(end, size - 1)
+    end = min(int(m[2]) if m[2] else size - 1, size - 1)
     return start, end - start + 1
 
 
