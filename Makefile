@@ -11,6 +11,7 @@ PIP_FLAGS := -q --disable-pip-version-check
 PYTEST_ARGS ?=
 
 .PHONY: venv test test-sdk2 test-sdk126 demo perf perf-quick clean
+DEMO_ARGS ?=
 
 $(VENV)/.stamp: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -35,6 +36,11 @@ test: venv
 	$(MAKE) --no-print-directory test-sdk2 || rc=1; \
 	$(MAKE) --no-print-directory test-sdk126 || rc=1; \
 	exit $$rc
+
+# the main job on real data: dataset from the package registries, local cluster,
+# two ETLs through the aistore SDK, offline transforms with progress, checked sample
+demo: $(VENV)/.stamp
+	$(VENV)/bin/python -m perf.demo $(DEMO_ARGS)
 
 perf: $(VENV)/.stamp
 	$(VENV)/bin/python -m perf --out perf-out
