@@ -857,3 +857,16 @@ async def _counting(chunks: AsyncIterator[bytes], sent: list[int]) -> AsyncItera
     async for c in chunks:
         sent[0] += len(c)
         yield c
+
+
+def _register_with_aistore() -> None:
+    """Make ``issubclass(OurServer, aistore ETLServer)`` true (aistore's is an ABC), so the
+    official SDK's ``Etl.init_class`` accepts classes written against this package."""
+    try:
+        from aistore.sdk.etl.webserver.base_etl_server import ETLServer as AisETLServer
+    except ImportError:  # aistore[etl] not installed: nothing to register with
+        return
+    AisETLServer.register(ETLServer)
+
+
+_register_with_aistore()

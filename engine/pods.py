@@ -142,6 +142,7 @@ class LocalPod:
         self._ring_bytes = 0
         self._readers: list[asyncio.Task[None]] = []
         self.stopping = False
+        self._watcher: asyncio.Future[None] | None = None
         self._last_cpu: tuple[float, float] | None = None
 
     # -- logs --------------------------------------------------------------
@@ -438,7 +439,7 @@ class LocalProcessRuntime:
                 log.warning("pod exited", etl=spec.name, target=target_id, code=proc.returncode)
                 await on_exit(pod)
 
-        pod._readers.append(asyncio.ensure_future(watch()))
+        pod._watcher = asyncio.ensure_future(watch())  # not awaited by stop(): on_exit may call stop()
         return pod
 
     def forget(self, target_id: str, name: str) -> None:

@@ -87,6 +87,7 @@ class EtlManager:
         self.etls: dict[str, EtlInstance] = {}
         self.pod_session: aiohttp.ClientSession | None = None
         self._inits: dict[str, asyncio.Lock] = {}
+        self._notifications: set[asyncio.Future[None]] = set()
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -109,6 +110,9 @@ class EtlManager:
     async def _shutdown(self, _: web.Application) -> None:
         for name in list(self.etls):
             await self.stop(name)
+        for task in list(self._notifications):
+            task.cancel()
+        await asyncio.gather(*self._notifications, return_exceptions=True)
         if self.pod_session is not None:
             await self.pod_session.close()
 
@@ -183,6 +187,12 @@ class EtlManager:
         self.t.jobs.abort(etl=name, err=reason)
         if inst.comm is not None:
             await inst.comm.close()
+        # tell the gateway from a task of our own: it will call back (DELETE) to stop this pod
+        task = asyncio.ensure_future(self._notify_aborted(name, reason))
+        self._notifications.add(task)
+        task.add_done_callback(self._notifications.discard)
+
+    async def _notify_aborted(self, name: str, reason: str) -> None:
         assert self.t.session is not None
         with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
             async with self.t.session.post(f"{self.t.cfg.gateway_url}/v1/etl/{name}/_aborted",

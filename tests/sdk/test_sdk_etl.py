@@ -359,8 +359,10 @@ def test_sigterm_to_pid1_kills_only_its_own_pod(client, bck, etl_name, etl_clust
         tops = _pod_procs(etl_cluster.data_dir, etl_name)
         if not all(_in_own_pid_ns(p) for p in tops):
             pytest.fail("pods are not in their own PID namespace: refusing to send a signal to PID 1")
-        with pytest.raises(Exception):
-            content(bck, "obj2.txt", etl_name, "kill-pid1")
+        try:  # a graceful server may still answer the request that signalled it; either is fine
+            assert content(bck, "obj2.txt", etl_name, "kill-pid1") == b"0123456789" * 13
+        except AISError:
+            pass
         _wait_stage(client, etl_name, "Aborted", 10)
         for n in etl_cluster.nodes():
             assert n.proc is not None and n.proc.poll() is None, f"{n.node_id} died"

@@ -23,6 +23,7 @@ import requests
 from aistore.sdk.errors import AISError
 from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer as AisFastAPIServer
 
+from communicators import AiohttpServer
 from engine.launcher import LocalCluster
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -83,9 +84,13 @@ class Slow(AisFastAPIServer):
         return data
 
 
-class Hang(AisFastAPIServer):
+class Hang(AiohttpServer):
+    """Our aiohttp pod: a slow transform runs in a thread, so only the hung object waits."""
+
+    transform_in_thread = True
+
     def transform(self, data: bytes, path: str, etl_args: str) -> bytes:
-        if path.endswith("5.bin"):
+        if path.endswith("o-0005.bin"):
             time.sleep(30)
         return data
 
