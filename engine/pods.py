@@ -116,6 +116,38 @@ def _link_parent_site(vdir: str) -> None:
         f.write("import site; " + "; ".join(f"site.addsitedir({p!r})" for p in parents) + "\n")
 
 
+def _is_runtime_image(image: str) -> bool:
+    return image.split("/")[-1].startswith("runtime_python")
+
+
+# What a python:<ver>-alpine runtime image has on its PATH besides Python itself.
+BASE_POD_TOOLS = ("sh", "ash", "bash", "env", "cat", "ls", "cp", "mv", "rm", "mkdir", "echo", "true", "false",
+                  "sleep", "head", "tail", "grep", "sed", "tr", "wc", "sort", "uname", "id", "ps", "kill")
+
+
+def _pod_path(pod_dir: str, python: str, os_packages: str) -> str:
+    """A PATH for a ``runtime_python`` pod that shows what its container would have.
+
+    AIStore pods run in a minimal image where tools outside the base exist only
+    when listed in ``OS_PACKAGES``. The local runtime keeps that contract: the
+    pod's PATH is one directory of links to Python, a base set of tools and
+    each declared OS package found on this machine. A transform that shells out
+    to an undeclared tool fails here as it would in its container.
+    """
+    bindir = os.path.join(pod_dir, "bin")
+    shutil.rmtree(bindir, ignore_errors=True)
+    os.makedirs(bindir)
+    links = {"python": python, "python3": python}
+    for tool in (*BASE_POD_TOOLS, *[p.strip() for p in os_packages.split(",") if p.strip()]):
+        found = shutil.which(tool)
+        if found:
+            links.setdefault(tool, found)
+    for name, target in links.items():
+        with contextlib.suppress(OSError):
+            os.symlink(target, os.path.join(bindir, name))
+    return bindir
+
+
 class PodRuntime(Protocol):
     """Starts pods. Implementations: :class:`LocalProcessRuntime` (Kubernetes: not here)."""
 
@@ -366,7 +398,7 @@ class LocalProcessRuntime:
         """
         boot = ["-m", "communicators.bootstrap", "--host", "127.0.0.1", "--port", str(port)]
         image = spec.image
-        if image.split("/")[-1].startswith("runtime_python") or image.startswith("aistorage/runtime_python"):
+        if _is_runtime_image(image):
             if not spec.env_value("ETL_CLASS_PAYLOAD"):
                 raise PodError(f'etl job "{spec.name}": image {image} needs ETL_CLASS_PAYLOAD in env')
             return [await self._python_for(spec), *boot]
@@ -375,6 +407,7 @@ class LocalProcessRuntime:
             return [self.python, *boot, "--builtin", builtin]
         if spec.command and shutil.which(spec.command[0]):
             cmd = list(spec.command)
+            cmd[0] = shutil.which(cmd[0]) or cmd[0]
             for i, a in enumerate(cmd):
                 if a == "8000" and i > 0 and cmd[i - 1] in ("--port", "-p"):
                     cmd[i] = str(port)
@@ -414,7 +447,11 @@ class LocalProcessRuntime:
             env[k] = v
         pod_dir = os.path.join(self.data_dir, "etl-pods", spec.name, target_id)
         os.makedirs(pod_dir, exist_ok=True)
-        prefix = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"] if self.pid_namespace else []
+        if _is_runtime_image(spec.image):
+            env["PATH"] = _pod_path(pod_dir, cmd[0], spec.env_value("OS_PACKAGES") or "")
+        # absolute: the pod's PATH may be its own small one (see _pod_path)
+        prefix = [shutil.which("unshare") or "unshare", "--pid", "--fork", "--kill-child", "--mount-proc"] \
+            if self.pid_namespace else []
         proc = await asyncio.create_subprocess_exec(
             *prefix, *cmd, env=env, cwd=pod_dir, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,

@@ -31,7 +31,13 @@ class ObjErrs:
         self._on_error = on_error
 
     def add(self, obj_name: str, msg: str, ecode: int) -> bool:
-        """Record one failure. Returns True if it was kept in the capped list."""
+        """Record one failure. Returns True if it was kept in the capped list.
+
+        The message names the object (``ais://b/o: <error>``), as AIStore's do, so that
+        deduplication by text drops repeats of one object's error, not other objects'.
+        """
+        if obj_name and obj_name not in msg:
+            msg = f"{obj_name}: {msg}"
         self.total += 1
         err = {"obj_name": obj_name, "msg": msg, "ecode": ecode}
         if self._on_error is not None:

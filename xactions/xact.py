@@ -168,6 +168,8 @@ class Xaction:
     def add_obj_err(self, obj_name: str, msg: str, ecode: int) -> None:
         """Record a per-object failure (capped list + full report + the xaction's own errors)."""
         self.obj_errs.add(obj_name, msg, ecode)
+        if obj_name and obj_name not in msg:
+            msg = f"{obj_name}: {msg}"
         self.err_total += 1
         if len(self.errs) < MAX_XACT_ERRS and msg not in self.errs:
             self.errs.append(msg)

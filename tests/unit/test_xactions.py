@@ -74,11 +74,13 @@ def test_obj_errs_cap_dedup_and_full_report(tmp_path) -> None:  # type: ignore[n
     assert json.loads(lines[0])["obj_name"] == "ais://s/o0"
 
 
-def test_obj_errs_dedup_by_message() -> None:
+def test_obj_errs_dedup_by_message_that_names_the_object() -> None:
     e = ObjErrs(cap=5)
-    assert e.add("a", "same", 500) is True
-    assert e.add("b", "same", 500) is False
-    assert [d["obj_name"] for d in e.to_list()] == ["a"] and e.total == 2
+    assert e.add("ais://b/a", "same", 500) is True
+    assert e.add("ais://b/a", "same", 500) is False, "a repeat of one object's error is dropped"
+    assert e.add("ais://b/b", "same", 500) is True, "the same text for another object is kept"
+    assert [d["obj_name"] for d in e.to_list()] == ["ais://b/a", "ais://b/b"] and e.total == 3
+    assert e.to_list()[0]["msg"] == "ais://b/a: same"
 
 
 async def _drain(q: ByteQueue[int], out: list[int]) -> None:
