@@ -71,8 +71,16 @@ class PodResult:
     delivered: int = -1
 
 
+_SAFE_FQN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
+
+
 def fqn_param(fqn: str) -> str:
-    """``url.PathEscape(fqn)`` as AIStore puts it in ``etl_fqn`` (then query-encoded again)."""
+    """``url.PathEscape(fqn)`` as AIStore puts it in ``etl_fqn`` (then query-encoded again).
+
+    Fast path for the common case (plain ASCII path characters): only ``/`` needs escaping.
+    """
+    if _SAFE_FQN.issuperset(fqn):
+        return fqn.replace("/", "%2F")
     return quote(fqn, safe="")
 
 
@@ -214,6 +222,41 @@ class HpullComm(HpushComm):
         return resp
 
 
+class _CorkedTransport:
+    """Collects the frames written in one event-loop tick and sends them with one
+    ``writelines`` (one syscall) at the end of the tick.
+
+    Profiling the ws path showed a ``send()`` per small control frame as the
+    target's largest cost (37% of samples for 10 KiB objects); with several
+    workers sharing a connection, a tick typically holds several frames.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._t = transport
+        self._buf: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._buf:
+            self._loop.call_soon(self._flush)
+        self._buf.append(bytes(data))
+
+    def _flush(self) -> None:
+        buf, self._buf = self._buf, []
+        if buf and not self._t.is_closing():
+            self._t.writelines(buf)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+
+def _cork(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Install :class:`_CorkedTransport` under aiohttp's ws writer when its layout is the known one."""
+    writer = getattr(ws, "_writer", None)
+    if writer is not None and hasattr(writer, "transport") and not isinstance(writer.transport, _CorkedTransport):
+        writer.transport = _CorkedTransport(writer.transport)
+
+
 class _WsConn:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
@@ -246,6 +289,7 @@ class WsComm(_Comm):
                                                timeout=aiohttp.ClientWSTimeout(ws_close=5))
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise self._unreachable(e) from e
+        _cork(ws)
         c = _WsConn(ws)
         c.reader = asyncio.ensure_future(self._read_loop(c))
         return c

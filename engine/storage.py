@@ -19,6 +19,7 @@ Most functions here are synchronous and cheap (page cache); the caller runs
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import secrets
 import shutil
@@ -36,6 +37,8 @@ from .smap import digest, hrw_pick
 __all__ = ["CKSUM_TYPE", "LomMD", "Mountpath", "Store", "WorkFile", "fs_type"]
 
 _VOLATILE: dict[str, bool] = {}
+_WORK_SALT = secrets.token_hex(4)
+_work_seq = itertools.count()
 
 
 def _volatile(path: str) -> bool:
@@ -137,7 +140,8 @@ class WorkFile:
         self.mpath = store.mountpath_of(bck, obj)
         self.fqn = self.mpath.fqn(bck, obj)
         wdir = os.path.join(self.mpath.bck_dir(bck), _WORK_DIR)
-        self.path = os.path.join(wdir, f"{secrets.token_hex(8)}.{os.getpid()}")
+        # unique per process without a urandom syscall per object (pid + counter + a per-process salt)
+        self.path = f"{wdir}/{_WORK_SALT}.{os.getpid()}.{next(_work_seq)}"
         self.size = 0
         self._hash = xxhash.xxh64()
         try:
@@ -368,8 +372,10 @@ class Store:
         return out
 
     # -- buckets -----------------------------------------------------------
-    def destroy_bucket(self, bck: str) -> None:
-        """Move the bucket's directories to trash (instant), then remove them."""
+    def destroy_bucket(self, bck: str) -> list[str]:
+        """Move the bucket's directories to trash (instant); returns the trash paths to remove
+        (:func:`remove_trash`, in a thread: a large bucket takes a while)."""
+        out = []
         for mp in self.mountpaths:
             src = mp.bck_dir(bck)
             if not os.path.isdir(src):
@@ -381,7 +387,8 @@ class Store:
                 os.rename(src, dst)
             except FileNotFoundError:
                 continue
-            shutil.rmtree(dst, ignore_errors=True)
+            out.append(dst)
+        return out
 
     def cleanup_on_start(self) -> int:
         """Remove leftovers of a crash: work files and trash. Returns files removed."""
@@ -422,6 +429,12 @@ class Store:
 
     def bucket_exists_locally(self, bck: str) -> bool:
         return any(os.path.isdir(mp.bck_dir(bck)) for mp in self.mountpaths)
+
+
+def remove_trash(paths: list[str]) -> None:
+    """Delete trashed bucket directories (blocking)."""
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _is_reg(mode: int) -> bool:

@@ -37,7 +37,7 @@ from .errors import BadRequest, NotFound, RangeNotSatisfiable, bck_not_found
 from .httpd import error_middleware, json_response, read_json, split_obj_path
 from .names import make_uname, validate_bck_name, validate_obj_name
 from .smap import Smap
-from .storage import CKSUM_TYPE, LomMD, Store
+from .storage import CKSUM_TYPE, LomMD, Store, remove_trash
 
 __all__ = ["LSO_PAGE_ENCODER", "Target", "TargetConfig", "md_headers", "run_target"]
 
@@ -410,7 +410,9 @@ class Target:
             for bck, props in old.items():
                 if bck not in new or new[bck].get("bid") != props.get("bid"):
                     self.log.info("destroying bucket", bck=bck)
-                    self.store.destroy_bucket(bck)
+                    trash = self.store.destroy_bucket(bck)  # instant rename; removal in a thread
+                    if trash:
+                        asyncio.get_running_loop().run_in_executor(None, remove_trash, trash)
             self.bmd = bmd
 
     async def health(self, request: web.Request) -> web.StreamResponse:

@@ -22,4 +22,6 @@ __all__ = ["BENCHMARKS", "BenchResult", "CommonOptions", "Measurement", "interle
 #: registry name -> module (imported only when that benchmark runs)
 BENCHMARKS: dict[str, str] = {
     "cluster": "perf.bench_cluster",
+    "offline": "perf.bench_offline",
+    "inline": "perf.bench_inline",
 }

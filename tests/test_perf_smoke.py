@@ -7,6 +7,7 @@ and must produce a complete ``results.json``. No speed is ever asserted.
 from __future__ import annotations
 
 import json
+import os
 import math
 import subprocess
 import sys
@@ -111,3 +112,95 @@ def test_filesystem_of_picks_longest_mount(tmp_path: Path) -> None:
     got = filesystem_of(str(base / "data disk" / "obj" / "not-yet"), str(mounts))
     assert got["fstype"] == "xfs" and got["mount_point"] == str(base / "data disk")
     assert filesystem_of(str(base / "data diskx"), str(mounts))["fstype"] == "ext4"
+
+
+# -- offline and inline ETL benchmarks (tiny: a handful of objects; no speed asserted) --------
+
+
+def _run_tiny(tmp_path: Path, name: str, *flags: str) -> tuple[dict, subprocess.CompletedProcess[str]]:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "perf", "--tiny", "--only", name, "--out", str(out), "--data-dir", str(tmp_path), *flags],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads((out / "results.json").read_text())
+    bench = doc["benchmarks"][name]
+    assert "error" not in bench, bench
+    assert bench["info"]["data_fs"]["fstype"] == filesystem_of(str(tmp_path))["fstype"]
+    assert not list(tmp_path.glob("aioetl-perf-*")), "the data root was not removed"
+    return doc, proc
+
+
+def test_tiny_offline_run_covers_every_comm_and_baseline(tmp_path: Path) -> None:
+    doc, proc = _run_tiny(tmp_path, "offline", "--offline-small-count", "5", "--offline-large-count", "1")
+    got = {(x["name"], x["variant"]): x for x in doc["measurements"]}
+    variants = ("raw", "inproc", "hpush", "hpull", "ws")
+    assert set(got) == {(f"offline_{s}", v) for s in SIZES for v in variants}
+    for (name, variant), x in got.items():
+        assert x["count"] == (5 if name.endswith("10KiB") else 1), (name, variant)
+        for f in ("seconds", "objects_per_s", "mib_per_s"):
+            assert _positive(x[f]), (name, variant, f, x[f])
+        if variant in ("raw", "inproc"):  # loops: per-object latencies, one at a time
+            assert x["concurrency"] == 1 and _positive(x["p50_ms"]) and x["p99_ms"] >= x["p50_ms"]
+        else:  # a job: timed as a whole, its workers as the concurrency
+            assert x["p50_ms"] is None and x["concurrency"] >= 1 and x["extra"]["polls"] >= 1
+            assert x["extra"]["etl"].startswith(f"echo-{variant}-")
+        if variant == "raw":
+            assert x["extra"]["impl"] in {f"{s}/{c}" for s in ("aiohttp", "websockets")
+                                          for c in ("aiohttp", "websockets", "websockets-sync")}
+    want = {f"{c}_{w}_vs_{b}" for c in ("hpush", "hpull", "ws") for w in ("small", "large") for b in ("raw", "inproc")}
+    want |= {f"raw_{w}_vs_inproc" for w in ("small", "large")}
+    assert set(doc["ratios"]) == want
+    assert all(_positive(v) for v in doc["ratios"].values())
+    info = doc["benchmarks"]["offline"]["info"]
+    for w in ("small", "large"):
+        cal = info["raw_calibration"][w]
+        assert cal["chosen"] in cal["median_objects_per_s"] and len(cal["median_objects_per_s"]) == 6
+    assert "| offline_10KiB | ws |" in proc.stdout
+
+
+def test_tiny_inline_run_compares_pods(tmp_path: Path) -> None:
+    doc, proc = _run_tiny(tmp_path, "inline", "--inline-requests", "6", "--inline-objects", "3")
+    got = {x["variant"]: x for x in doc["measurements"]}
+    assert set(got) == {"plain", "aiohttp_hpush", "aiohttp_ws", "fastapi_hpush", "fastapi_ws", "aiohttp_hpush_gw"}
+    for v, x in got.items():
+        assert x["name"] == "inline_get_10KiB" and x["count"] == 6 and x["concurrency"] == 32, v
+        for f in FIELDS:
+            assert _positive(x[f]), (v, f, x[f])
+    assert got["aiohttp_hpush_gw"]["extra"]["redirects_followed"] == 6  # every GET went through a 307
+    assert got["plain"]["extra"]["etl"] == "" and got["fastapi_ws"]["extra"]["etl"].startswith("fastapi-ws-")
+    want = {"pod_vs_aistore_fastapi_hpush", "pod_vs_aistore_fastapi_ws", "gateway_vs_direct_hpush"}
+    want |= {f"{v}_vs_plain" for v in got if v != "plain"}
+    assert set(doc["ratios"]) == want
+    assert all(_positive(v) for v in doc["ratios"].values())
+    assert "| inline_get_10KiB | fastapi_ws |" in proc.stdout
+
+
+def test_rawpipe_loops_copy_files_through_each_echo_server(tmp_path: Path) -> None:
+    from perf.rawpipe import CLIENT_IMPLS, SERVER_IMPLS, WsEchoProcess, inproc_loop, raw_loop
+
+    src = tmp_path / "src"
+    src.mkdir()
+    bodies = [os.urandom(n) for n in (0, 1, 10 * 1024, (1 << 20) + 3)]
+    for i, b in enumerate(bodies):
+        (src / str(i)).write_bytes(b)
+
+    def pairs(tag: str) -> list[tuple[str, str]]:
+        d = tmp_path / tag
+        d.mkdir()
+        return [(str(src / str(i)), str(d / str(i))) for i in range(len(bodies))]
+
+    def same(ps: list[tuple[str, str]]) -> bool:
+        return [Path(dst).read_bytes() for _, dst in ps] == bodies
+
+    ps = pairs("inproc")
+    assert len(inproc_loop(ps)) == len(bodies) and same(ps)
+    for server in SERVER_IMPLS:
+        with WsEchoProcess(server) as echo:
+            assert echo.url.startswith("ws://127.0.0.1:")
+            for client in CLIENT_IMPLS:
+                ps = pairs(f"{server}-{client}")
+                st = run_loop(raw_loop(echo.url, ps, client))
+                assert len(st.latencies_s) == len(bodies) and st.bytes_echoed == sum(map(len, bodies))
+                assert same(ps), (server, client)

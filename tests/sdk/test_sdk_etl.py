@@ -195,6 +195,7 @@ def test_init_image_hash_with_args_env_order(client, bck, etl_name) -> None:  # 
 
 
 @pytest.mark.skipif(SDK >= (2, 0), reason="Etl.init_spec and etl_templates were removed in aistore 2.0.0")
+@pytest.mark.filterwarnings("ignore:Kubernetes Pod spec ETL initialization:FutureWarning")
 def test_init_spec_md5_sdk126(client, bck, etl_name) -> None:  # type: ignore[no-untyped-def]
     from aistore.sdk.etl.etl_templates import MD5 as MD5_TEMPLATE
 

@@ -14,7 +14,7 @@ import pytest
 import xxhash
 
 from engine.errors import Conflict, InsufficientStorage, NotFound
-from engine.storage import CKSUM_TYPE, Store, WorkFile
+from engine.storage import CKSUM_TYPE, Store, WorkFile, remove_trash
 
 
 def xxh(data: bytes) -> str:
@@ -178,7 +178,9 @@ def test_destroy_bucket(store: Store, tmp_path: Path) -> None:
     store.put_bytes("kept", "o", b"kept")
     wf = store.open_work("gone", "half")
     wf.write(b"partial")
-    store.destroy_bucket("gone")
+    trash = store.destroy_bucket("gone")
+    assert trash and all("%trash" in t for t in trash)
+    remove_trash(trash)
     wf.abort()
     mp = tmp_path / "mp0"
     assert not (mp / "@ais" / "gone").exists()
