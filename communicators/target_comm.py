@@ -164,11 +164,16 @@ class HpushComm(_Comm):
             body = b""
         elif size is not None:
             headers["Content-Length"] = str(size)
+        return await self._send("PUT", url, params, headers, body, f"{bck}/{obj}")
+
+    async def _send(self, method: str, url: str, params: dict[str, str], headers: dict[str, str],
+                    body: Any, what: str) -> aiohttp.ClientResponse:
+        """One request to the pod under ``obj_timeout``; pod errors mapped (module docstring)."""
         try:
-            resp = await self.session.put(url, params=params, data=body, headers=headers,
-                                          timeout=aiohttp.ClientTimeout(total=self.obj_timeout_s))
+            resp = await self.session.request(method, url, params=params, data=body, headers=headers,
+                                              timeout=aiohttp.ClientTimeout(total=self.obj_timeout_s))
         except asyncio.TimeoutError:
-            raise self._timeout(f'transform of "{bck}/{obj}"') from None
+            raise self._timeout(f'transform of "{what}"') from None
         except aiohttp.ClientError as e:
             raise self._unreachable(e) from e
         if resp.status >= 400:
@@ -210,16 +215,7 @@ class HpullComm(HpushComm):
         if etl_args:
             params["etl_args"] = etl_args
         headers = {"Ais-Node-Url": ",".join(pipeline)} if pipeline else {}
-        try:
-            resp = await self.session.get(url, params=params, headers=headers,
-                                          timeout=aiohttp.ClientTimeout(total=self.obj_timeout_s))
-        except asyncio.TimeoutError:
-            raise self._timeout(f'transform of "{bck}/{obj}"') from None
-        except aiohttp.ClientError as e:
-            raise self._unreachable(e) from e
-        if resp.status >= 400:
-            raise await self._error_reply(resp)
-        return resp
+        return await self._send("GET", url, params, headers, None, f"{bck}/{obj}")
 
 
 class _CorkedTransport:
