@@ -24,4 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "cluster": "perf.bench_cluster",
     "offline": "perf.bench_offline",
     "inline": "perf.bench_inline",
+    "pods": "perf.bench_pods",
+    "matrix": "perf.bench_matrix",
+    "workloads": "perf.bench_workloads",
 }

@@ -3,17 +3,27 @@
 Runs the registered benchmarks (:data:`perf.BENCHMARKS`) one after another,
 writes ``DIR/results.json``::
 
-    {"machine": machine_info(), "mode": "full", "benchmarks": {name: {"config", "info"}},
-     "measurements": [{"benchmark": name, ...Measurement}], "ratios": {name: float}}
+    {"machine": machine_info(), "mode": "full", "wall_s": float, "data_on_tmpfs": bool,
+     "benchmarks": {name: {"config", "info", "wall_s", "ratio_names"}},
+     "measurements": [{"benchmark": name, ...Measurement}], "ratios": {name: float},
+     "charts": ["<workload>.png", ...]}
 
-and prints a short markdown table to stdout. Exit status 0 on success, 2 on
-bad flags, 1 when a benchmark failed (results of the others are still written).
+``ratios`` holds every benchmark's ratios, among them issue #5's
+``ws_small_vs_raw`` (offline), ``pod_vs_aistore_fastapi`` (pods),
+``vs_client_loop`` (matrix) and ``thumbnail_overhead`` (workloads). Next to it:
+one PNG chart per workload (:func:`perf.charts.write_charts`; skipped with a
+note in ``charts_error`` when matplotlib is missing) and ``DIR/results.md``
+(:func:`perf.charts.write_markdown`). The markdown tables also go to stdout.
+
+Exit status 0 on success, 2 on bad flags, 1 when a benchmark failed (results of
+the others are still written).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -80,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     status = 0
     tables = []
+    t_all = time.monotonic()
     for n in names:
         t0 = time.monotonic()
         print(f"# running {n} ({common.mode})", file=sys.stderr, flush=True)
@@ -90,12 +101,32 @@ def main(argv: list[str] | None = None) -> int:
             results["benchmarks"][n] = {"error": f"{type(e).__name__}: {e}"}
             status = 1
             continue
-        results["benchmarks"][n] = {"config": res.config, "info": res.info, "wall_s": round(time.monotonic() - t0, 2)}
+        results["benchmarks"][n] = {"config": res.config, "info": res.info, "wall_s": round(time.monotonic() - t0, 2),
+                                    "ratio_names": list(res.ratios)}
         results["measurements"] += [{"benchmark": n, **m.to_json()} for m in res.measurements]
         results["ratios"].update(res.ratios)
         tables.append(f"## {n}\n\n{markdown_table(res.measurements, res.ratios)}")
-    path = write_results(common.out_dir, results)
+    results["wall_s"] = round(time.monotonic() - t_all, 2)
     fs = results["machine"].get("data_fs", {}).get("fstype", "?")
+    results["data_on_tmpfs"] = fs == "tmpfs"
+    os.makedirs(common.out_dir, exist_ok=True)
+    try:
+        from .charts import write_charts
+
+        results["charts"] = write_charts(common.out_dir, results["measurements"])
+    except ImportError as e:
+        results["charts"] = []
+        results["charts_error"] = f"no charts: {e} (pip install matplotlib)"
+        print(results["charts_error"], file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - keep the numbers even if a chart fails
+        traceback.print_exc()
+        results["charts"] = []
+        results["charts_error"] = f"charts failed: {type(e).__name__}: {e}"
+        status = 1
+    path = write_results(common.out_dir, results)
+    from .charts import write_markdown
+
+    write_markdown(common.out_dir, results)
     m = results["machine"]
     print(f"<!-- {m['cpu_count']} CPUs, {m['cpu_model']}, Python {m['python']}, data on {fs}, mode {common.mode} -->")
     print("\n\n".join(tables))

@@ -204,3 +204,61 @@ def test_rawpipe_loops_copy_files_through_each_echo_server(tmp_path: Path) -> No
                 st = run_loop(raw_loop(echo.url, ps, client))
                 assert len(st.latencies_s) == len(bodies) and st.bytes_echoed == sum(map(len, bodies))
                 assert same(ps), (server, client)
+
+
+# -- the issue #5 matrix: pods, matrix, workloads, charts and the markdown report (tiny) ----------
+
+HEADLINE = ("ws_small_vs_raw", "pod_vs_aistore_fastapi", "vs_client_loop", "thumbnail_overhead")
+
+
+def test_tiny_matrix_pods_workloads_write_json_png_and_markdown(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "perf", "--tiny", "--out", str(out), "--data-dir", str(tmp_path),
+         "--only", "offline", "--only", "pods", "--only", "matrix", "--only", "workloads",
+         "--offline-small-count", "3", "--offline-large-count", "0", "--offline-variants", "raw,ws",
+         "--raw-impl", "aiohttp/aiohttp", "--pods-requests", "8", "--matrix-sizes", "10KiB",
+         "--thumbnail-count", "3", "--zstd-count", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads((out / "results.json").read_text())
+    assert {"machine", "mode", "benchmarks", "measurements", "ratios", "charts", "wall_s", "data_on_tmpfs"} <= doc.keys()
+    assert doc["data_on_tmpfs"] is (filesystem_of(str(tmp_path))["fstype"] == "tmpfs")
+    for name in ("offline", "pods", "matrix", "workloads"):
+        bench = doc["benchmarks"][name]
+        assert "error" not in bench, bench
+        assert bench["info"]["data_fs"]["fstype"] == filesystem_of(str(tmp_path))["fstype"]
+        assert bench["ratio_names"] and set(bench["ratio_names"]) <= set(doc["ratios"])
+    assert not list(tmp_path.glob("aioetl-perf-*")), "a data root was not removed"
+
+    ratios = doc["ratios"]
+    assert set(HEADLINE) <= set(ratios)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in ratios.values())
+    assert all(_positive(ratios[k]) for k in HEADLINE if k != "thumbnail_overhead")
+    assert ratios["thumbnail_overhead"] < 1.0  # 1 - a positive ratio
+
+    by = {(x["benchmark"], x["name"], x["variant"]): x for x in doc["measurements"]}
+    pods = {v for b, _, v in by if b == "pods"}
+    assert pods == {"aiohttp_fqn", "aiohttp_body", "fastapi_fqn", "fastapi_body"}
+    matrix = {v for b, n, v in by if b == "matrix" and n == "matrix_10KiB"}
+    assert matrix == {"aiohttp_hpush", "aiohttp_hpull", "aiohttp_ws", "aiohttp_hpush_nodp", "aiohttp_ws_dfa",
+                      "fastapi_hpush", "fastapi_ws", "inproc", "mp_pool", "raw", "client_loop", "client_threads"}
+    work = {v for b, n, v in by if b == "workloads" and n == "thumbnail"}
+    assert work == {"aioetl_ws", "aioetl_hpush", "mp_pool", "inproc"}
+    for key, x in by.items():
+        if key[0] in ("pods", "matrix", "workloads"):
+            assert x["count"] in (3, 4, 8), key
+            assert _positive(x["objects_per_s"]) and _positive(x["seconds"]), key
+    job = by[("matrix", "matrix_10KiB", "aiohttp_hpush_nodp")]["extra"]
+    assert job["direct_put"] is False and job["comm"] == "hpush" and job["pod"] == "aiohttp"
+
+    names = {x["name"] for x in doc["measurements"]}
+    assert sorted(doc["charts"]) == sorted(f"{n}.png" for n in names)
+    for c in doc["charts"]:
+        head = (out / c).read_bytes()[:8]
+        assert head == b"\x89PNG\r\n\x1a\n", c
+    md = (out / "results.md").read_text()
+    assert "| matrix_10KiB | client_loop |" in md and "| thumbnail | mp_pool |" in md
+    for k in HEADLINE:
+        assert f"| {k} |" in md
