@@ -58,6 +58,10 @@ __all__ = ["OfflineJobs", "resolve_num_workers"]
 log = structlog.get_logger("aioetl.offline")
 
 RETRY_TRANSIENT = 3
+# ws connections per job and pod, as AIStore (bundle_multiplier 2 x 4). A multi-process pod
+# spreads connections over its workers by SO_REUSEPORT hashing; with 8 the chance that one
+# worker gets none is 2/256 for 2 workers, and min-pending selection balances the rest.
+WS_CONNS_PER_JOB = 8
 DIRECT_PUT_RETRY_REASON = "direct-put-transient"
 JOB_TTL_S = 3600.0
 
@@ -188,7 +192,7 @@ class OfflineJobs:
             if job.inst is not None and isinstance(job.inst.comm, WsComm):
                 assert job.inst.pod is not None and self.t.etl.pod_session is not None
                 job.ws = WsComm(job.inst.spec.name, job.inst.pod.url, job.inst.spec.obj_timeout_s,
-                                self.t.etl.pod_session, n_conns=4)
+                                self.t.etl.pod_session, n_conns=WS_CONNS_PER_JOB)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._produce(job, queue))
                 tg.create_task(self._count_total(job))
