@@ -30,7 +30,7 @@ from typing import Iterator
 import msgspec
 import xxhash
 
-from .errors import Conflict, InsufficientStorage, NotFound, bck_not_found, obj_not_found
+from .errors import Conflict, InsufficientStorage, obj_not_found
 from .names import make_uname, validate_obj_name
 from .smap import digest, hrw_pick
 

@@ -33,11 +33,9 @@ import json
 import os
 import pstats
 import secrets
-import selectors
 import shutil
 import signal
 import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +58,7 @@ from .common import (
     CommonOptions,
     Measurement,
     RssSampler,
+    ServerProcess,
     cpu_seconds,
     filesystem_of,
     interleave,
@@ -202,7 +201,7 @@ def echo_main() -> None:
     run_loop(_echo_serve())
 
 
-class EchoServer:
+class EchoServer(ServerProcess):
     """The echo baseline as a child process on 127.0.0.1 (ephemeral port).
 
     Args:
@@ -212,64 +211,11 @@ class EchoServer:
         BenchError: on start, if it exits or stays silent.
     """
 
-    def __init__(self, start_timeout_s: float = 30.0) -> None:
-        self.start_timeout_s = start_timeout_s
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
+    name = "echo server"
+    error = BenchError
 
-    def start(self) -> "EchoServer":
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(_REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from perf.bench_cluster import echo_main; echo_main()"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=str(_REPO_ROOT), env=env, start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + self.start_timeout_s
-        line = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            while not line.endswith(b"\n"):
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    self.stop()
-                    raise BenchError(f"echo server printed no URL in {self.start_timeout_s} s")
-                chunk = os.read(self.proc.stdout.fileno(), 256)
-                if not chunk:
-                    err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                    self.stop()
-                    raise BenchError(f"echo server exited before it was ready:\n{err[-2000:]}")
-                line += chunk
-        self.url = line.decode().strip()
-        return self
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s."""
-        p, self.proc = self.proc, None
-        if p is None:
-            return
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for s in (p.stdout, p.stderr):
-            if s is not None:
-                s.close()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def __enter__(self) -> "EchoServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def argv(self) -> list[str]:
+        return [sys.executable, "-c", "from perf.bench_cluster import echo_main; echo_main()"]
 
 
 # -- profiling support -----------------------------------------------------------

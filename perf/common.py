@@ -18,6 +18,8 @@ import inspect
 import json
 import os
 import platform
+import selectors
+import signal
 import subprocess
 import sys
 import threading
@@ -593,3 +595,78 @@ def loop_name() -> str:
     except ImportError:  # pragma: no cover
         return "asyncio"
     return "uvloop"
+
+
+class ServerProcess:
+    """A helper server in a child process (own session) that prints its URL as the first
+    line of stdout, e.g. the echo baselines. Subclasses give :meth:`argv`, a ``name`` for
+    messages and the ``error`` class to raise.
+
+    Args:
+        start_timeout_s: how long to wait for the URL line.
+    """
+
+    name = "server"
+    error: type[Exception] = RuntimeError
+
+    def __init__(self, start_timeout_s: float = 30.0) -> None:
+        self.start_timeout_s = start_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> Any:
+        """Start it and read its URL; raises ``self.error`` if it exits or stays silent."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(_REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.proc = subprocess.Popen(
+            self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=str(_REPO_ROOT), env=env, start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        line = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while not line.endswith(b"\n"):
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    self.stop()
+                    raise self.error(f"{self.name} printed no URL in {self.start_timeout_s} s")
+                chunk = os.read(self.proc.stdout.fileno(), 256)
+                if not chunk:
+                    err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                    self.stop()
+                    raise self.error(f"{self.name} exited before it was ready:\n{err[-2000:]}")
+                line += chunk
+        self.url = line.decode().strip()
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s."""
+        p, self.proc = self.proc, None
+        if p is None:
+            return
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for stream in (p.stdout, p.stderr):
+            if stream is not None:
+                stream.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -33,15 +33,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import selectors
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+from perf.common import ServerProcess
 
 __all__ = [
     "CLIENT_IMPLS",
@@ -132,7 +131,7 @@ def serve_main(argv: list[str] | None = None) -> None:
     run_loop(_serve(args.impl))
 
 
-class WsEchoProcess:
+class WsEchoProcess(ServerProcess):
     """A bare ws echo server (:data:`SERVER_IMPLS`) as a child process on 127.0.0.1.
 
     Args:
@@ -143,67 +142,17 @@ class WsEchoProcess:
         RawPipeError: on start, if it exits or prints nothing in time.
     """
 
+    error = RawPipeError
+
     def __init__(self, impl: str = "aiohttp", start_timeout_s: float = 30.0) -> None:
         if impl not in SERVER_IMPLS:
             raise ValueError(f"unknown echo server {impl!r}; choose from {SERVER_IMPLS}")
+        super().__init__(start_timeout_s)
         self.impl = impl
-        self.start_timeout_s = start_timeout_s
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
+        self.name = f"{impl} echo server"
 
-    def start(self) -> "WsEchoProcess":
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(_REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "perf.rawpipe", "--impl", self.impl],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=str(_REPO_ROOT), env=env, start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + self.start_timeout_s
-        line = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            while not line.endswith(b"\n"):
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    self.stop()
-                    raise RawPipeError(f"{self.impl} echo server printed no URL in {self.start_timeout_s} s")
-                chunk = os.read(self.proc.stdout.fileno(), 256)
-                if not chunk:
-                    err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                    self.stop()
-                    raise RawPipeError(f"{self.impl} echo server exited before it was ready:\n{err[-2000:]}")
-                line += chunk
-        self.url = line.decode().strip()
-        return self
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s."""
-        p, self.proc = self.proc, None
-        if p is None:
-            return
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for s in (p.stdout, p.stderr):
-            if s is not None:
-                s.close()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def __enter__(self) -> "WsEchoProcess":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "perf.rawpipe", "--impl", self.impl]
 
 
 # -- the loops ----------------------------------------------------------------------
