@@ -65,6 +65,8 @@ from .common import (
     ratio_median,
     run_loop,
     summarize,
+    process_tree,
+    delete_etls,
 )
 
 __all__ = ["NAME", "AiohttpEcho", "AisFastApiEcho", "InlineBenchConfig", "InlineBenchError", "add_arguments",
@@ -197,15 +199,6 @@ def _init_etls(endpoint: str, pods: tuple[str, ...], comms: tuple[str, ...]) -> 
     return out
 
 
-def _delete_etls(endpoint: str, names: dict[str, str]) -> None:
-    from aistore.sdk import Client
-
-    client = Client(endpoint, timeout=(5, 60))
-    for name in names.values():
-        with contextlib.suppress(Exception):
-            client.etl(name).delete()
-
-
 # -- passes ----------------------------------------------------------------------
 
 
@@ -245,19 +238,6 @@ async def _measure(s: aiohttp.ClientSession, v: _Variant, cfg: InlineBenchConfig
     )
 
 
-def _all_pids(cluster_pids: list[int]) -> list[int]:
-    pids = list(cluster_pids)
-    try:
-        import psutil
-
-        for p in cluster_pids:
-            with contextlib.suppress(psutil.Error):
-                pids += [c.pid for c in psutil.Process(p).children(recursive=True)]
-    except ImportError:  # pragma: no cover
-        pass
-    return pids
-
-
 async def _bench(cfg: InlineBenchConfig, endpoint: str, target_url: str, bck: str, data: _Data,
                  etls: dict[str, str], cluster_pids: list[int]) -> tuple[list[Measurement], dict[str, float], dict[str, Any]]:
     variants: dict[str, _Variant] = {}
@@ -267,7 +247,7 @@ async def _bench(cfg: InlineBenchConfig, endpoint: str, target_url: str, bck: st
         variants[key] = _Variant(key, target_url, etl)
     if cfg.gateway_ref and "aiohttp_hpush" in etls:
         variants["aiohttp_hpush_gw"] = _Variant("aiohttp_hpush_gw", endpoint, etls["aiohttp_hpush"])
-    pids = _all_pids(cluster_pids)
+    pids = process_tree(cluster_pids)
     timeout = aiohttp.ClientTimeout(total=300, sock_connect=10)
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=conn, auto_decompress=False) as s:
@@ -350,7 +330,7 @@ def run(cfg: InlineBenchConfig) -> BenchResult:
     finally:
         if cluster is not None and etls:
             with contextlib.suppress(Exception):
-                _delete_etls(cluster.endpoint, etls)
+                delete_etls(cluster.endpoint, etls)
         if cluster is not None:
             cluster.stop()
         if not cfg.keep_data:

@@ -97,6 +97,7 @@ from .common import (
     loop_name,
     ratio_median,
     run_loop,
+    process_tree,
 )
 from .rawpipe import WsEchoProcess, inproc_loop, raw_loop
 
@@ -233,19 +234,6 @@ class _Env:
     root: str
 
 
-def _tree(pids: list[int]) -> list[int]:
-    out = list(pids)
-    try:
-        import psutil
-
-        for p in pids:
-            with contextlib.suppress(psutil.Error):
-                out += [c.pid for c in psutil.Process(p).children(recursive=True)]
-    except ImportError:  # pragma: no cover
-        pass
-    return out
-
-
 def _variants_for(cfg: MatrixBenchConfig, label: str) -> list[str]:
     vs = list(CORE)
     if cfg.one_factor and label in ONE_FACTOR_SIZES:
@@ -257,7 +245,7 @@ async def _job_pass(env: _Env, s: aiohttp.ClientSession, variant: str, src: str,
                     count: int, tag: str) -> Measurement:
     dst = f"{src}-{variant.replace('_', '-')}-{tag}"
     await _create_bucket(s, env.endpoint, dst)
-    pids = _tree(env.cluster_pids)
+    pids = process_tree(env.cluster_pids)
     try:
         cpu0, ccpu0 = cpu_seconds(pids), time.process_time()
         with RssSampler(env.cluster_pids) as rss:
@@ -303,7 +291,7 @@ async def _base_pass(env: _Env, s: aiohttp.ClientSession, variant: str, src: str
         if variant.startswith("client"):
             dst = f"{src}-{variant.replace('_', '-')}-{tag}"
             await _create_bucket(s, env.endpoint, dst)
-            pids = _tree(env.cluster_pids)
+            pids = process_tree(env.cluster_pids)
         elif variant == "raw" and env.echo is not None:
             pids = [env.echo.pid]
         elif variant == "mp_pool":

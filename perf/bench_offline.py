@@ -72,6 +72,7 @@ from .common import (
     run_loop,
     size_label,
     summarize,
+    delete_etls,
 )
 from .rawpipe import CLIENT_IMPLS, SERVER_IMPLS, WsEchoProcess, inproc_loop, raw_loop
 
@@ -498,15 +499,6 @@ def _init_etls(endpoint: str, comms: list[str]) -> dict[str, str]:
     return names
 
 
-def _delete_etls(endpoint: str, names: dict[str, str]) -> None:
-    from aistore.sdk import Client
-
-    client = Client(endpoint, timeout=(5, 60))
-    for name in names.values():
-        with contextlib.suppress(Exception):
-            client.etl(name).delete()
-
-
 def run(cfg: OfflineBenchConfig) -> BenchResult:
     """Start a cluster, the ETLs and the echo servers; run every workload; stop everything.
 
@@ -549,7 +541,7 @@ def run(cfg: OfflineBenchConfig) -> BenchResult:
     finally:
         if cluster is not None and etls:
             with contextlib.suppress(Exception):
-                _delete_etls(cluster.endpoint, etls)
+                delete_etls(cluster.endpoint, etls)
         for e in echo.values():
             e.stop()
         if cluster is not None:

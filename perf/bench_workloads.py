@@ -70,6 +70,7 @@ from .common import (
     median,
     ratio_median,
     run_loop,
+    process_tree,
 )
 
 __all__ = ["NAME", "AiohttpThumbnail", "AiohttpZstd", "WorkloadBenchConfig", "WorkloadBenchError",
@@ -222,19 +223,6 @@ class _Env:
     root: str
 
 
-def _tree(pids: list[int]) -> list[int]:
-    out = list(pids)
-    try:
-        import psutil
-
-        for p in pids:
-            with contextlib.suppress(psutil.Error):
-                out += [c.pid for c in psutil.Process(p).children(recursive=True)]
-    except ImportError:  # pragma: no cover
-        pass
-    return out
-
-
 def _check_sample(env: _Env, workload: str, bck: str, items: list[tuple[str, bytes]], where: Callable[[int], bytes]) -> None:
     n = len(items)
     fn = _FUNCS[workload]
@@ -249,7 +237,7 @@ async def _job_pass(env: _Env, s: aiohttp.ClientSession, workload: str, comm: st
     count = len(items)
     dst = f"{src}-{comm}-{tag}"
     await _create_bucket(s, env.endpoint, dst)
-    pids = _tree(env.cluster_pids)
+    pids = process_tree(env.cluster_pids)
     try:
         cpu0 = cpu_seconds(pids)
         with RssSampler(env.cluster_pids) as rss:

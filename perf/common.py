@@ -670,3 +670,31 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def process_tree(pids: Iterable[int]) -> list[int]:
+    """``pids`` and all their descendants (psutil; just ``pids`` when it is missing).
+    Cluster nodes' pods are their children, so CPU/RSS of a cluster is of this tree."""
+    out = list(pids)
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover
+        return out
+    for p in list(out):
+        try:
+            out += [c.pid for c in psutil.Process(p).children(recursive=True)]
+        except psutil.Error:
+            continue
+    return out
+
+
+def delete_etls(endpoint: str, names: Mapping[str, str]) -> None:
+    """Delete the benchmark's ETLs (best effort: a failed delete must not hide the results)."""
+    from aistore.sdk import Client
+
+    client = Client(endpoint, timeout=(5, 60))
+    for name in names.values():
+        try:
+            client.etl(name).delete()
+        except Exception:  # noqa: BLE001 - cleanup
+            continue
