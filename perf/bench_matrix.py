@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import multiprocessing
 import os
 import secrets
@@ -98,6 +97,7 @@ from .common import (
     ratio_median,
     run_loop,
     process_tree,
+    delete_etls,
 )
 from .rawpipe import WsEchoProcess, inproc_loop, raw_loop
 
@@ -470,12 +470,7 @@ def run(cfg: MatrixBenchConfig) -> BenchResult:
             pool.terminate()
             pool.join()
         if cluster is not None and etls:
-            from aistore.sdk import Client
-
-            c = Client(cluster.endpoint, timeout=(5, 60))
-            for name in etls.values():
-                with contextlib.suppress(Exception):
-                    c.etl(name).delete()
+            delete_etls(cluster.endpoint, etls)
         if echo is not None:
             echo.stop()
         if cluster is not None:

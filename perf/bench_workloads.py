@@ -37,7 +37,6 @@ Ratios (objects/s within a round, median over rounds):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing
 import os
 import secrets
@@ -71,6 +70,7 @@ from .common import (
     ratio_median,
     run_loop,
     process_tree,
+    delete_etls,
 )
 
 __all__ = ["NAME", "AiohttpThumbnail", "AiohttpZstd", "WorkloadBenchConfig", "WorkloadBenchError",
@@ -405,12 +405,7 @@ def run(cfg: WorkloadBenchConfig) -> BenchResult:
             pool.terminate()
             pool.join()
         if cluster is not None and etls:
-            from aistore.sdk import Client
-
-            c = Client(cluster.endpoint, timeout=(5, 60))
-            for name in etls.values():
-                with contextlib.suppress(Exception):
-                    c.etl(name).delete()
+            delete_etls(cluster.endpoint, etls)
         if cluster is not None:
             cluster.stop()
         if not cfg.keep_data:

@@ -688,7 +688,7 @@ def process_tree(pids: Iterable[int]) -> list[int]:
     return out
 
 
-def delete_etls(endpoint: str, names: Mapping[str, str]) -> None:
+def delete_etls(endpoint: str, names: Mapping[Any, str]) -> None:
     """Delete the benchmark's ETLs (best effort: a failed delete must not hide the results)."""
     from aistore.sdk import Client
 
