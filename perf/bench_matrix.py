@@ -155,7 +155,7 @@ class MatrixBenchConfig:
     baselines: tuple[str, ...] = BASELINES
     one_factor: bool = True
     pod_workers: int = 1
-    poll_s: float = 0.02
+    poll_s: float = 0.1
     data_parent: str = "/dev/shm"
     keep_data: bool = False
     log_level: str = "warning"

@@ -68,6 +68,7 @@ from .common import (
     interleave,
     loop_name,
     median,
+    parse_rfc3339,
     ratio_median,
     run_loop,
     size_label,
@@ -117,7 +118,7 @@ class OfflineBenchConfig:
     rounds: int = 5
     variants: tuple[str, ...] = VARIANTS
     raw_impl: str = "auto"
-    poll_s: float = 0.02
+    poll_s: float = 0.1
     data_parent: str = "/dev/shm"
     keep_data: bool = False
     profile_dir: str = ""
@@ -253,14 +254,17 @@ async def run_job(s: aiohttp.ClientSession, endpoint: str, etl: str, src: str, d
     """Start an ``etl-bck`` job and wait until every target reports it idle.
 
     Returns:
-        seconds from the POST to the poll that saw every target idle, the number
-        of polls, and the final ``qryxstats`` snapshots.
+        seconds from just before the POST to the latest ``end-time`` the targets'
+        snapshots report (the xaction's own end, ns resolution, so the poll period
+        only decides how soon it is seen, not the measurement; the time of the
+        poll that saw every target idle when a snapshot has no end time), the
+        number of polls, and the final ``qryxstats`` snapshots.
 
     Raises:
         OfflineBenchError: the start failed, the job aborted, or it ran past ``timeout_s``.
     """
     url = f"{endpoint}/v1/buckets/{src}?provider=ais&bck_to={quote(f'ais/@#/{dst}/', safe='')}"
-    t0 = time.perf_counter()
+    t0, t0_wall = time.perf_counter(), time.time()
     xid = (await _api(s, "POST", url, json=_etl_bck_body(etl))).decode().strip()
     polls = 0
     while True:
@@ -271,6 +275,9 @@ async def run_job(s: aiohttp.ClientSession, endpoint: str, etl: str, src: str, d
         all_snaps = [x for ss in snaps.values() for x in ss]
         if len(snaps) >= n_targets and all_snaps and all(x.get("is_idle") for x in all_snaps):
             seconds = time.perf_counter() - t0
+            ends = [parse_rfc3339(x.get("end-time")) for x in all_snaps]
+            if all(e is not None for e in ends):
+                seconds = min(seconds, max(ends) - t0_wall)  # type: ignore[type-var]
             break
         if any(x.get("aborted") for x in all_snaps):
             raise OfflineBenchError(f"job {xid} aborted: {[x.get('abort-err') for x in all_snaps]}")

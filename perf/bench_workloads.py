@@ -140,7 +140,7 @@ class WorkloadBenchConfig:
     rounds: int = 5
     variants: tuple[str, ...] = VARIANTS
     pod_workers: int = 0
-    poll_s: float = 0.02
+    poll_s: float = 0.1
     data_parent: str = "/dev/shm"
     keep_data: bool = False
     log_level: str = "warning"

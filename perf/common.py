@@ -63,6 +63,24 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 # -- statistics ------------------------------------------------------------------
 
 
+def parse_rfc3339(value: Any) -> float | None:
+    """``"2026-11-23T11:18:46.311031223Z"`` (an xaction snapshot's time, UTC, up to ns)
+    -> Unix seconds as float; None for a missing, zero (Go's ``0001-01-01...``) or
+    malformed value."""
+    import calendar
+
+    if not isinstance(value, str) or not value.endswith("Z") or len(value) < 20 or value.startswith("0001-"):
+        return None
+    try:
+        whole = calendar.timegm(time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S"))
+        frac = value[19:-1]
+        if frac and (frac[0] != "." or not frac[1:].isdigit()):
+            return None
+        return whole + (int(frac[1:]) / 10 ** (len(frac) - 1) if frac else 0.0)
+    except ValueError:
+        return None
+
+
 def median(values: Sequence[float]) -> float:
     """Median of a non-empty sequence (mean of the two middle values when even).
 
