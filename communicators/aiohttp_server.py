@@ -203,6 +203,7 @@ def serve(server: ETLServer, host: str, port: int, *, workers: int = 1,
         announce: called once when every worker listens (default prints
             ``READY http://host:port``).
     """
+    server.set_processes(max(1, workers))
     if workers <= 1:
         return _run_worker(server, host, port, False, lambda: announce(host, port))
     children: dict[int, int] = {}  # pid -> read end of its ready pipe

@@ -174,6 +174,10 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(name)
     if _APP_SERVER is None:
         _APP_SERVER = _instantiate(load_class(os.environ, os.environ.get(ENV_BUILTIN) or None))
+        from .server import ETLServer
+
+        if isinstance(_APP_SERVER, ETLServer):
+            _APP_SERVER.set_processes(num_workers(os.environ.get(ENV_NUM_WORKERS)))
     return _APP_SERVER.app
 
 
@@ -218,6 +222,10 @@ def _serve(server: Any, kind: str, host: str, port: int, workers: int) -> int:
 
         from .fastapi_server import uvicorn_settings
 
+        from .server import ETLServer
+
+        if isinstance(server, ETLServer):
+            server.set_processes(workers)
         _announce_when_healthy(host, port)
         # uvicorn re-raises a captured SIGTERM after its graceful shutdown, with the
         # previous handler restored: make that handler a no-op so the exit code is 0

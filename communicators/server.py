@@ -33,8 +33,26 @@ Errors map to replies in one place (:meth:`ETLServer.error_reply`)::
 
 Over ws (aioetl extension) an error is the TEXT frame ``{"error","status"}``.
 
-Where ``transform()`` runs: on the event loop when it has been fast (under
-2 ms on average) and the input is small (<= 256 KiB), else in a worker thread;
+Where ``transform()`` runs, decided per call (:class:`_OffloadPolicy`) from an
+EWMA of past calls' wall time, after 4 warm-up calls in a thread:
+
+- on the event loop when calls have been fast (under 2 ms) and the input is
+  small (<= 256 KiB): a thread hop would cost more than the call;
+- also on the event loop when calls are CPU-bound, not long (under 100 ms), the
+  input is at most 16 MiB, and the server runs at least as many processes as
+  this process has usable CPUs (``NUM_WORKERS``; :meth:`ETLServer.set_processes`):
+  the processes already use every core, and handing each call to a thread costs
+  a GIL hand-off between the loop and the worker per C call the transform makes
+  (Pillow's decoder releases and re-takes the GIL per chunk). CPU-bound means
+  that on-loop calls spent over 0.75 of their running time on the CPU (thread
+  CPU time / (wall time - time runnable but waiting for a CPU)); a slow
+  transform is probed on the loop once after the warm-up and once per 256 calls
+  in threads after that. Measured with ``perf.bench_workloads`` (1,000 PNG
+  thumbnails, 2 cores, NUM_WORKERS=2, ws): engine overhead 0.07 on the loop vs
+  0.17 in threads, same rounds;
+- else in a worker thread (I/O-bound or long transforms, fewer processes than
+  CPUs, large inputs), so one slow call does not hold up the others.
+
 ``transform_in_thread = True/False`` on the class forces one.
 """
 
@@ -96,6 +114,10 @@ __all__ = [
 
 INLINE_MAX_BYTES = 256 * 1024
 INLINE_MAX_S = 0.002
+CPU_BOUND_SHARE = 0.75
+INLINE_CPU_MAX_S = 0.1
+INLINE_CPU_MAX_BYTES = 16 << 20
+PROBE_EVERY = 256
 READ_CHUNK_BYTES = 1 << 20
 _END = object()
 
@@ -337,7 +359,13 @@ def _close_quietly(obj: Any) -> None:
 
 class _OffloadPolicy:
     """Decides per call whether ``transform()`` runs on the loop or in a thread
-    (pure state: an EWMA of call durations)."""
+    (pure state, fed by :meth:`record`; the rules are in the module docstring).
+
+    ``inline_share`` is the CPU share of the last on-loop calls: thread CPU time /
+    (wall time - time spent runnable but waiting for a CPU). It is measured only
+    on the loop, because in worker threads contention for the GIL and the CPUs
+    hides it (2 processes x 8 threads of Pillow thumbnails on 2 cores showed 0.13).
+    """
 
     def __init__(self, forced: bool | None, *, max_inline_bytes: int = INLINE_MAX_BYTES,
                  max_inline_s: float = INLINE_MAX_S, warmup: int = 4) -> None:
@@ -347,15 +375,37 @@ class _OffloadPolicy:
         self.warmup = warmup
         self.samples = 0
         self.ewma_s = 0.0
+        self.inline_share: float | None = None  # None: not probed yet
+        self.since_probe = 0  # calls in threads since the last on-loop call
+        self.cores_covered = False  # the server runs >= usable-CPU processes
 
     def in_thread(self, nbytes: int) -> bool:
         if self.forced is not None:
             return self.forced
-        return self.samples < self.warmup or nbytes > self.max_inline_bytes or self.ewma_s > self.max_inline_s
+        if self.samples < self.warmup:
+            return True
+        if nbytes <= self.max_inline_bytes and self.ewma_s <= self.max_inline_s:
+            return False  # fast: a thread hop would cost more than the call
+        if not self.cores_covered or nbytes > INLINE_CPU_MAX_BYTES or self.ewma_s > INLINE_CPU_MAX_S:
+            return True
+        if self.inline_share is None or self.since_probe >= PROBE_EVERY:
+            return False  # probe: measure the CPU share on the loop
+        return self.inline_share < CPU_BOUND_SHARE
 
-    def record(self, seconds: float) -> None:
+    @property
+    def measure_share(self) -> bool:
+        """Whether the next on-loop call should read the scheduler's wait time."""
+        return self.forced is None and self.samples >= self.warmup and self.ewma_s > self.max_inline_s
+
+    def record(self, seconds: float, *, inline: bool = False, share: float | None = None) -> None:
         self.ewma_s = seconds if self.samples == 0 else 0.8 * self.ewma_s + 0.2 * seconds
         self.samples += 1
+        if not inline:
+            self.since_probe += 1
+            return
+        self.since_probe = 0
+        if share is not None:
+            self.inline_share = share if self.inline_share is None else 0.7 * self.inline_share + 0.3 * share
 
 
 class _ByteBudget:
@@ -474,6 +524,12 @@ class ETLServer:
         serve(self, getattr(self, "host", "0.0.0.0"), int(getattr(self, "port", 8000)))
 
     # -- lifecycle -------------------------------------------------------------
+    def set_processes(self, n: int) -> None:
+        """Tell the server how many processes serve its port (``NUM_WORKERS``); with
+        at least one per usable CPU, CPU-bound transforms run on the event loop
+        (module docstring). Call before serving."""
+        self._policy.cores_covered = n >= _usable_cpus()
+
     async def startup(self) -> None:
         """Open the outbound HTTP session and the worker threads (call on the serving loop)."""
         if self._session is None:
@@ -573,8 +629,25 @@ class ETLServer:
             loop = asyncio.get_running_loop()
             out = await loop.run_in_executor(self.executor, self._timed_transform, data, path, etl_args)
         else:
-            out = self._timed_transform(data, path, etl_args)
+            out = self._inline_transform(data, path, etl_args)
         return _as_bytes(out)
+
+    def _inline_transform(self, data: bytes | str, path: str, etl_args: str) -> Any:
+        """Run on the loop; for slow calls, also measure the CPU share (policy)."""
+        if not self._policy.measure_share:
+            t0 = time.perf_counter()
+            try:
+                return self.transform(data, path, etl_args)
+            finally:
+                self._policy.record(time.perf_counter() - t0, inline=True)
+        w0, t0, c0 = _runqueue_wait_ns(), time.perf_counter_ns(), time.thread_time_ns()
+        try:
+            return self.transform(data, path, etl_args)
+        finally:
+            c1, t1, w1 = time.thread_time_ns(), time.perf_counter_ns(), _runqueue_wait_ns()
+            wall = t1 - t0
+            ran = wall - (w1 - w0 if w0 >= 0 and w1 >= 0 else 0)
+            self._policy.record(wall / 1e9, inline=True, share=min(1.0, (c1 - c0) / ran) if ran > 0 else None)
 
     def _timed_transform(self, data: bytes | str, path: str, etl_args: str) -> Any:
         t0 = time.perf_counter()
@@ -823,6 +896,23 @@ class ETLServer:
 
 
 # -- small helpers -------------------------------------------------------------------------
+
+
+def _runqueue_wait_ns() -> int:
+    """Nanoseconds this thread has spent runnable but waiting for a CPU
+    (``/proc/thread-self/schedstat``, second field); -1 where unavailable."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def _read_path(path: str) -> bytes:

@@ -81,6 +81,20 @@ class Streaming(AiohttpServer):
             yield chunk.translate(INVERT)
 
 
+class WhereRuns(AiohttpServer):
+    """Answers the name of the thread its transform ran on: ``cpu`` burns ~6 ms of
+    CPU in pure Python, ``io`` sleeps 6 ms."""
+
+    def transform(self, data: Any, path: str, etl_args: str) -> bytes:
+        if etl_args == "cpu":
+            t0, x = time.thread_time(), 0
+            while time.thread_time() - t0 < 0.006:
+                x += sum(range(500))
+        else:
+            time.sleep(0.006)
+        return threading.current_thread().name.encode()
+
+
 class NotAServer:
     def transform(self, data: bytes, path: str, etl_args: str) -> bytes:
         return data
@@ -556,6 +570,30 @@ def test_num_workers_2_serves_and_stops_on_sigterm(target: StandInTarget) -> Non
     assert code == 0
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
+
+
+@pytest.mark.parametrize("workers", ["cpus", "1"])
+def test_cpu_bound_transforms_move_to_the_loop(target: StandInTarget, workers: str) -> None:
+    """After 4 warm-up calls in threads, a slow CPU-bound transform runs on the event
+    loop (MainThread) when NUM_WORKERS covers the usable CPUs; when the same pod's
+    calls turn I/O-bound, the first one still runs on the loop and shows a low CPU
+    share, and the rest go back to worker threads (communicators/server.py docstring)."""
+    cpus = len(os.sched_getaffinity(0))
+    n = str(cpus) if workers == "cpus" else "1"
+    pod = Pod(WhereRuns, target, env={"NUM_WORKERS": n}).wait_ready()
+    try:
+        with requests.Session() as s:  # one keep-alive connection: one worker process
+            where = {kind: [s.put(pod.url + "/b/o", params={"etl_args": kind}, data=b"x", timeout=30).text
+                            for _ in range(12)] for kind in ("cpu", "io")}
+    finally:
+        pod.stop()
+    assert all(w.startswith("etl") for w in where["cpu"][:4]), where
+    assert all(w.startswith("etl") for w in where["io"][1:]), where
+    if int(n) >= cpus:
+        assert where["cpu"][4:] == ["MainThread"] * 8, where
+        assert where["io"][0] == "MainThread", where
+    else:
+        assert all(w.startswith("etl") for w in where["cpu"] + where["io"]), where
 
 
 def test_builtins(target: StandInTarget) -> None:
