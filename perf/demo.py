@@ -465,7 +465,9 @@ def _print_summary(reports: list[JobReport], uploads: list[tuple[str, int, int, 
         out.print(f"{r.name}: job {r.xid or '-'}, ETL {r.etl}, ais://{r.src} -> ais://{r.dst}")
     for r in reports:
         for e in r.errors[:20]:
-            out.print(f"  {r.name} error: {e['obj_name']}: {e['msg'][:160]}")
+            name, msg = e["obj_name"], e["msg"]
+            msg = msg[len(name) + 2:] if msg.startswith(f"{name}: ") else msg  # the xaction names the object
+            out.print(f"  {r.name} error: {name}: {msg[:200]}", soft_wrap=True)
         if len(r.errors) > 20:
             out.print(f"  ... and {len(r.errors) - 20} more")
     for bck, n, nbytes, dt in uploads:
