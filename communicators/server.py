@@ -377,6 +377,7 @@ class _OffloadPolicy:
         self.ewma_s = 0.0
         self.inline_share: float | None = None  # None: not probed yet
         self.since_probe = 0  # calls in threads since the last on-loop call
+        self.verify_next = False
         self.cores_covered = False  # the server runs >= usable-CPU processes
 
     def in_thread(self, nbytes: int) -> bool:
@@ -394,45 +395,61 @@ class _OffloadPolicy:
 
     @property
     def measure_share(self) -> bool:
-        """Whether the next on-loop call should read the scheduler's wait time."""
-        return self.forced is None and self.samples >= self.warmup and self.ewma_s > self.max_inline_s
+        """Whether the next on-loop call should also read the scheduler's wait time
+        (two ``/proc`` reads): on a probe, and after a call whose plain CPU share
+        (a lower bound of the real one) was under the threshold."""
+        return (self.forced is None and self.samples >= self.warmup and self.ewma_s > self.max_inline_s
+                and (self.inline_share is None or self.since_probe > 0 or self.verify_next))
 
-    def record(self, seconds: float, *, inline: bool = False, share: float | None = None) -> None:
+    def record(self, seconds: float, *, inline: bool = False, share: float | None = None,
+               exact: bool = True) -> None:
+        """Feed one call: wall ``seconds``; for on-loop calls the CPU ``share``,
+        ``exact`` (wait time subtracted) or a lower bound (CPU time / wall time)."""
         self.ewma_s = seconds if self.samples == 0 else 0.8 * self.ewma_s + 0.2 * seconds
         self.samples += 1
         if not inline:
             self.since_probe += 1
             return
         self.since_probe = 0
-        if share is not None:
-            self.inline_share = share if self.inline_share is None else 0.7 * self.inline_share + 0.3 * share
+        if share is None:
+            return
+        if not exact and share < CPU_BOUND_SHARE:
+            self.verify_next = True  # I/O, or only waiting for a CPU: measure the next one
+            return
+        self.verify_next = False
+        self.inline_share = share if self.inline_share is None else 0.7 * self.inline_share + 0.3 * share
 
 
 class _ByteBudget:
     """At most ``max_items`` and ``max_bytes`` in flight; one item always passes when
-    nothing is in flight (so one huge object cannot deadlock)."""
+    nothing is in flight (so one huge object cannot deadlock). One acquirer at a
+    time (a ws connection's reader); :meth:`release` is synchronous."""
 
     def __init__(self, max_items: int, max_bytes: int) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.items = 0
         self.bytes = 0
-        self._cond = asyncio.Condition()
+        self._waiter: asyncio.Future[None] | None = None
 
     def _fits(self, n: int) -> bool:
         return self.items == 0 or (self.items < self.max_items and self.bytes + n <= self.max_bytes)
 
     async def acquire(self, n: int) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self._fits(n))
-            self.items += 1
-            self.bytes += n
+        while not self._fits(n):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        self.items += 1
+        self.bytes += n
 
-    async def release(self, n: int) -> None:
-        async with self._cond:
-            self.items -= 1
-            self.bytes -= n
-            self._cond.notify_all()
+    def release(self, n: int) -> None:
+        self.items -= 1
+        self.bytes -= n
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 # -- the base class --------------------------------------------------------------------
@@ -633,21 +650,21 @@ class ETLServer:
         return _as_bytes(out)
 
     def _inline_transform(self, data: bytes | str, path: str, etl_args: str) -> Any:
-        """Run on the loop; for slow calls, also measure the CPU share (policy)."""
-        if not self._policy.measure_share:
-            t0 = time.perf_counter()
-            try:
-                return self.transform(data, path, etl_args)
-            finally:
-                self._policy.record(time.perf_counter() - t0, inline=True)
-        w0, t0, c0 = _runqueue_wait_ns(), time.perf_counter_ns(), time.thread_time_ns()
+        """Run on the loop, timing the call and its thread CPU time (for the policy)."""
+        exact = self._policy.measure_share
+        w0 = _runqueue_wait_ns() if exact else -1
+        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
         try:
             return self.transform(data, path, etl_args)
         finally:
-            c1, t1, w1 = time.thread_time_ns(), time.perf_counter_ns(), _runqueue_wait_ns()
+            c1, t1 = time.thread_time_ns(), time.perf_counter_ns()
             wall = t1 - t0
-            ran = wall - (w1 - w0 if w0 >= 0 and w1 >= 0 else 0)
-            self._policy.record(wall / 1e9, inline=True, share=min(1.0, (c1 - c0) / ran) if ran > 0 else None)
+            ran = wall
+            if exact:
+                w1 = _runqueue_wait_ns()
+                ran -= w1 - w0 if w0 >= 0 and w1 >= 0 else 0
+            share = min(1.0, (c1 - c0) / ran) if ran > 0 else None
+            self._policy.record(wall / 1e9, inline=True, share=share, exact=exact)
 
     def _timed_transform(self, data: bytes | str, path: str, etl_args: str) -> Any:
         t0 = time.perf_counter()
@@ -812,8 +829,16 @@ class ETLServer:
         drops the unanswered requests."""
         budget = _ByteBudget(self.ws_max_inflight, self.ws_max_inflight_bytes)
         order: asyncio.Queue[tuple[asyncio.Task[bytes | str], int] | None] = asyncio.Queue()
+        outstanding = 0  # requests queued for the writer and not yet answered
+
+        async def send(reply: bytes | str) -> None:
+            if isinstance(reply, str):
+                await conn.send_text(reply)
+            else:
+                await conn.send_bytes(reply)
 
         async def writer() -> None:
+            nonlocal outstanding
             while True:
                 item = await order.get()
                 if item is None:
@@ -822,11 +847,9 @@ class ETLServer:
                 try:
                     reply = await task
                 finally:
-                    await budget.release(n)
-                if isinstance(reply, str):
-                    await conn.send_text(reply)
-                else:
-                    await conn.send_bytes(reply)
+                    budget.release(n)
+                await send(reply)
+                outstanding -= 1
 
         try:
             async with asyncio.TaskGroup() as tg:
@@ -841,6 +864,7 @@ class ETLServer:
                         except WsProtocolError as e:
                             err = encode_ws_error(str(e), 400)
                             await budget.acquire(0)
+                            outstanding += 1
                             order.put_nowait((tg.create_task(_const(err)), 0))
                             break  # cannot tell whether a body frame follows: stop reading
                         body: bytes | None = None
@@ -849,13 +873,49 @@ class ETLServer:
                             if m2 is None:
                                 break
                             body = m2[1] if isinstance(m2[1], bytes) else m2[1].encode()
+                        if outstanding == 0:  # nothing ahead of it: may be answered right here
+                            reply = self._ws_inline(ctrl, body)
+                            if reply is not None:
+                                await send(reply)
+                                continue
                         n = len(body) if body is not None else 0
                         await budget.acquire(n)
+                        outstanding += 1
                         order.put_nowait((tg.create_task(self._ws_one(ctrl, body)), n))
                 finally:
                     order.put_nowait(None)
         except* (ConnectionError, aiohttp.ClientError, RuntimeError) as eg:
             self.logger.debug("ws connection ended: %r", eg.exceptions)
+
+    def _ws_inline(self, ctrl: WsControl, body: bytes | None) -> bytes | str | None:
+        """Answer one ws request synchronously when all of it runs on the loop anyway:
+        no next hop, a buffered ``transform()`` the policy puts on the loop, the input
+        in the body or a local file of at most 256 KiB. Saves the task, queue and
+        budget round of :meth:`_ws_one`. Returns None when not eligible (nothing has
+        been done then), else the reply as :meth:`_ws_one` would give it."""
+        if self.use_streaming or ctrl.pipeline:
+            return None
+        try:
+            data: bytes | str
+            if ctrl.fqn and self.direct_fqn:
+                data, n = sanitize_fqn(ctrl.fqn), 0
+            elif ctrl.fqn:
+                path = sanitize_fqn(ctrl.fqn)
+                n = os.stat(path).st_size
+                if n > INLINE_MAX_BYTES or self._policy.in_thread(n):
+                    return None
+                with open(path, "rb") as f:
+                    data = f.read()
+            else:
+                data = body or b""
+                n = len(data)
+            if self._policy.in_thread(n):
+                return None
+            return _as_bytes(self._inline_transform(data, ctrl.path, ctrl.etl_args))
+        except Exception as e:  # noqa: BLE001 - every error becomes a TEXT reply
+            status, msg, _ = self.error_reply(e, ctrl.path)
+            self._log_error(status, msg)
+            return encode_ws_error(msg, status)
 
     async def _ws_one(self, ctrl: WsControl, body: bytes | None) -> bytes | str:
         """One ws request -> BINARY bytes, TEXT ``str(n)`` (delivered), or TEXT JSON error."""

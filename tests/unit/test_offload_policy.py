@@ -88,3 +88,21 @@ def test_share_threshold(share: float, inline: bool) -> None:
     for _ in range(20):
         p.record(0.01, inline=True, share=share)
     assert p.in_thread(1) is not inline
+
+
+def test_a_low_plain_share_is_verified_before_it_counts() -> None:
+    """CPU time / wall time only bounds the share from below (waiting for a CPU
+    lowers it): a low value asks for an exact measurement next instead of counting."""
+    p = _OffloadPolicy(None)
+    p.cores_covered = True
+    _warm(p, 0.004)
+    assert p.measure_share  # the probe is exact
+    p.record(0.004, inline=True, share=0.9, exact=True)
+    assert not p.measure_share
+    p.record(0.004, inline=True, share=0.9, exact=False)
+    assert not p.measure_share and p.inline_share == pytest.approx(0.9)
+    p.record(0.004, inline=True, share=0.3, exact=False)  # CPU-starved or I/O?
+    assert p.measure_share and p.inline_share == pytest.approx(0.9)
+    assert not p.in_thread(10 * KiB)
+    p.record(0.004, inline=True, share=0.95, exact=True)  # it was CPU starvation
+    assert not p.measure_share and not p.in_thread(10 * KiB)
