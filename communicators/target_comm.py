@@ -253,6 +253,14 @@ def _cork(ws: aiohttp.ClientWebSocketResponse) -> None:
         writer.transport = _CorkedTransport(writer.transport)
 
 
+_EXPIRED: Any = object()  # result of a ws request future whose per-object timeout fired
+
+
+def _expire(fut: "asyncio.Future[Any]") -> None:
+    if not fut.done():
+        fut.set_result(_EXPIRED)
+
+
 class _WsConn:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
@@ -356,13 +364,18 @@ class WsComm(_Comm):
                     await c.ws.send_bytes(body or b"")
         except (aiohttp.ClientError, ConnectionError, RuntimeError) as e:
             raise self._unreachable(e) from e
+        # a timer instead of wait_for(shield(fut)): the future stays in c.pending (the
+        # reader matches the late reply to it and drops it), and no extra task per object
+        timer = asyncio.get_running_loop().call_later(self.obj_timeout_s, _expire, fut)
         try:
-            res = await asyncio.wait_for(asyncio.shield(fut), self.obj_timeout_s)
-        except asyncio.TimeoutError:
+            res = await fut
+        finally:
+            timer.cancel()
+        if res is _EXPIRED:
             c.draining = True
             if not c.pending or all(f.done() for f in c.pending):
                 await c.ws.close()
-            raise self._timeout(f'transform of "{obj}"') from None
+            raise self._timeout(f'transform of "{obj}"')
         if isinstance(res, AioetlError):
             res.message = res.message.replace('etl job ""', f'etl job "{self.etl}"', 1)
             raise res
