@@ -25,7 +25,7 @@ from typing import Callable
 
 from aiohttp import WSMsgType, web
 
-from .const import HEADER_NODE_URL, HEALTH_BODY, HEALTH_PATH, QPARAM_ETL_ARGS, QPARAM_ETL_FQN, WS_ROUTE
+from .const import HEADER_NODE_URL, HEADER_WORKER, HEALTH_BODY, HEALTH_PATH, QPARAM_ETL_ARGS, QPARAM_ETL_FQN, WS_ROUTE
 from .server import ETLServer, PodConfig, PodRequest
 
 __all__ = ["AiohttpServer", "make_handler", "serve"]
@@ -89,6 +89,8 @@ class _Ws:
 def make_handler(server: ETLServer) -> Callable[[web.BaseRequest], "asyncio.Future[web.StreamResponse]"]:
     """The request handler of :class:`aiohttp.web.Server` for ``server`` (routes above)."""
 
+    worker = "%d/%d" % server.worker
+
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         method = request.method
         path = request.path
@@ -97,6 +99,7 @@ def make_handler(server: ETLServer) -> Callable[[web.BaseRequest], "asyncio.Futu
                 return web.Response(body=HEALTH_BODY, content_type="text/plain")
             if path == WS_ROUTE and request.headers.get("Upgrade", "").lower() == "websocket":
                 ws = web.WebSocketResponse(max_msg_size=0, autoping=True, heartbeat=None, compress=False)
+                ws.headers[HEADER_WORKER] = worker
                 await ws.prepare(request)
                 try:
                     await server.serve_ws(_Ws(ws))
@@ -221,7 +224,7 @@ def serve(server: ETLServer, host: str, port: int, *, workers: int = 1,
     sys.stdout.flush()
     sys.stderr.flush()
     parent = os.getpid()
-    for _ in range(workers):
+    for index in range(workers):
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # child
@@ -240,6 +243,7 @@ def serve(server: ETLServer, host: str, port: int, *, workers: int = 1,
                     os.write(w, b"1")
                     os.close(w)
 
+                server.set_processes(workers, index)
                 code = _run_worker(server, host, port, True, ready)
             except BaseException as e:  # noqa: BLE001 - report and exit the child
                 print(f"worker {os.getpid()} failed: {e!r}", file=sys.stderr, flush=True)

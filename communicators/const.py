@@ -27,6 +27,7 @@ __all__ = [
     "HEADER_DIRECT_PUT_LENGTH",
     "HEADER_ETL_RETRY_REASON",
     "HEADER_NODE_URL",
+    "HEADER_WORKER",
     "HEALTH_BODY",
     "HEALTH_PATH",
     "MAX_WS_MSG_BYTES",
@@ -49,6 +50,10 @@ HEADER_DIRECT_PUT_LENGTH = "Ais-Direct-Put-Length"  # bytes delivered by direct 
 HEADER_ETL_RETRY_REASON = "Ais-Etl-Retry-Reason"  # with 503: the target may retry
 RETRY_REASON_DIRECT_PUT_TRANSIENT = "direct-put-transient"
 HEADER_AUTHORIZATION = "Authorization"
+# aioetl extension, on the ws handshake reply of our pods: "<index>/<count>" of the
+# NUM_WORKERS process that accepted the connection, so the target can spread its ws
+# connections evenly (SO_REUSEPORT hashes connections to processes at random)
+HEADER_WORKER = "Aioetl-Worker"
 
 # -- query parameters (api/apc/query.go) ---------------------------------------
 QPARAM_ETL_ARGS = "etl_args"

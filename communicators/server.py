@@ -494,6 +494,7 @@ class ETLServer:
             raise TypeError(f"{type(self).__name__} must override either transform() or transform_stream()")
         self.use_streaming = has_stream and not has_transform
         self._policy = _OffloadPolicy(self.transform_in_thread)
+        self.worker = (0, 1)  # (index, count) of this process among NUM_WORKERS
         self._session: aiohttp.ClientSession | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._auth: dict[str, str] = {HEADER_AUTHORIZATION: f"Bearer {self.token}"} if self.token else {}
@@ -541,11 +542,13 @@ class ETLServer:
         serve(self, getattr(self, "host", "0.0.0.0"), int(getattr(self, "port", 8000)))
 
     # -- lifecycle -------------------------------------------------------------
-    def set_processes(self, n: int) -> None:
-        """Tell the server how many processes serve its port (``NUM_WORKERS``); with
-        at least one per usable CPU, CPU-bound transforms run on the event loop
-        (module docstring). Call before serving."""
+    def set_processes(self, n: int, index: int = 0) -> None:
+        """Tell the server how many processes serve its port (``NUM_WORKERS``) and
+        which one this is (0-based). With at least one per usable CPU, CPU-bound
+        transforms run on the event loop (module docstring); ``(index, n)`` goes
+        out as the ``Aioetl-Worker`` ws handshake header. Call before serving."""
         self._policy.cores_covered = n >= _usable_cpus()
+        self.worker = (index, n)
 
     async def startup(self) -> None:
         """Open the outbound HTTP session and the worker threads (call on the serving loop)."""

@@ -38,6 +38,8 @@ import aiohttp
 
 from engine.errors import AioetlError, BadRequest, ClientError
 
+from .const import HEADER_WORKER
+
 __all__ = [
     "EtlFailed",
     "HpullComm",
@@ -253,6 +255,7 @@ def _cork(ws: aiohttp.ClientWebSocketResponse) -> None:
         writer.transport = _CorkedTransport(writer.transport)
 
 
+BALANCE_REDIALS = 8  # per connection, see WsComm._dial_balanced
 _EXPIRED: Any = object()  # result of a ws request future whose per-object timeout fired
 
 
@@ -261,9 +264,21 @@ def _expire(fut: "asyncio.Future[Any]") -> None:
         fut.set_result(_EXPIRED)
 
 
+def _pod_worker(ws: aiohttp.ClientWebSocketResponse) -> tuple[int, int] | None:
+    """``(index, count)`` from our pods' ``Aioetl-Worker`` handshake header; None when absent."""
+    resp = getattr(ws, "_response", None)
+    value = resp.headers.get(HEADER_WORKER, "") if resp is not None else ""
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        return None
+    return (i, n) if 0 <= i < n else None
+
+
 class _WsConn:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
+        self.worker = _pod_worker(ws)
         self.pending: collections.deque[asyncio.Future[PodResult | AioetlError]] = collections.deque()
         self.send_lock = asyncio.Lock()
         self.draining = False
@@ -332,10 +347,28 @@ class WsComm(_Comm):
             async with self._dial_lock:
                 live = [c for c in self.conns if not c.draining and not c.ws.closed]
                 if len(live) < self.n_conns:
-                    c = await self._dial()
+                    c = await self._dial_balanced(live)
                     self.conns.append(c)
                     return c
         return min(live, key=lambda c: len(c.pending))
+
+    async def _dial_balanced(self, live: list[_WsConn]) -> _WsConn:
+        """Dial; when the pod names the worker process that accepted (our pods do), dial
+        again, at most :data:`BALANCE_REDIALS` times, while the connection lands on a
+        process that already holds its share of ``n_conns``. ``SO_REUSEPORT`` spreads
+        connections at random: 8 over 2 processes land 7/1 or 8/0 one time in 7, and a
+        process runs CPU-bound transforms one at a time, so that pod would use one core."""
+        for attempt in range(BALANCE_REDIALS + 1):
+            c = await self._dial()
+            if c.worker is None or attempt == BALANCE_REDIALS:
+                return c
+            share = -(-self.n_conns // c.worker[1])
+            if sum(1 for x in live if x.worker == c.worker) < share:
+                return c
+            await c.ws.close()
+            if c.reader is not None:
+                await asyncio.gather(c.reader, return_exceptions=True)
+        raise AssertionError("unreachable")
 
     async def transform(self, obj: str, *, fqn: str | None, body: bytes | None = None, etl_args: str = "",
                         pipeline: list[str] | None = None) -> PodResult:

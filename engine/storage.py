@@ -374,7 +374,7 @@ class Store:
     # -- buckets -----------------------------------------------------------
     def destroy_bucket(self, bck: str) -> list[str]:
         """Move the bucket's directories to trash (instant); returns the trash paths to remove
-        (:func:`remove_trash`, in a thread: a large bucket takes a while)."""
+        (:func:`remove_trash_async`: ``rm -rf`` in a child process; a large bucket takes a while)."""
         out = []
         for mp in self.mountpaths:
             src = mp.bck_dir(bck)
@@ -435,6 +435,33 @@ def remove_trash(paths: list[str]) -> None:
     """Delete trashed bucket directories (blocking)."""
     for p in paths:
         shutil.rmtree(p, ignore_errors=True)
+
+
+async def remove_trash_async(paths: list[str]) -> None:
+    """Delete trashed bucket directories with ``rm -rf`` in a child process.
+
+    A thread would do one ``unlink`` per file, each releasing and re-taking the GIL
+    against the event loop: measured on a target while a 1,000-object bucket was
+    removed during an ETL job, ~4,000 futex calls a second and slower objects.
+    ``rm`` runs outside the interpreter. Falls back to :func:`remove_trash` in a
+    thread when ``rm`` cannot be started.
+
+    Raises:
+        OSError: ``rm`` failed (its stderr in the message); what it could not
+            remove is removed at the target's next start.
+    """
+    import asyncio
+
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "rm", "-rf", "--", *paths, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    except OSError:
+        await asyncio.get_running_loop().run_in_executor(None, remove_trash, paths)
+        return
+    _, err = await proc.communicate()
+    if proc.returncode:
+        raise OSError(f"rm -rf {paths} exited {proc.returncode}: {err.decode(errors='replace').strip()[:500]}")
 
 
 def _is_reg(mode: int) -> bool:

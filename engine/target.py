@@ -37,7 +37,7 @@ from .errors import BadRequest, NotFound, RangeNotSatisfiable, bck_not_found
 from .httpd import error_middleware, json_response, read_json, split_obj_path
 from .names import make_uname, validate_bck_name, validate_obj_name
 from .smap import Smap
-from .storage import CKSUM_TYPE, LomMD, Store, remove_trash
+from .storage import CKSUM_TYPE, LomMD, Store, remove_trash_async
 
 __all__ = ["LSO_PAGE_ENCODER", "Target", "TargetConfig", "md_headers", "run_target"]
 
@@ -156,6 +156,19 @@ class Target:
         from .offline import OfflineJobs
 
         self.jobs = OfflineJobs(self)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _background(self, coro: Any, what: str) -> None:
+        """Run ``coro`` as a task the target keeps a reference to; its failure is logged."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.log.warning(f"{what} failed", error=str(t.exception()))
+
+        task.add_done_callback(done)
 
     # -- app ---------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -410,9 +423,9 @@ class Target:
             for bck, props in old.items():
                 if bck not in new or new[bck].get("bid") != props.get("bid"):
                     self.log.info("destroying bucket", bck=bck)
-                    trash = self.store.destroy_bucket(bck)  # instant rename; removal in a thread
+                    trash = self.store.destroy_bucket(bck)  # instant rename; removal in a child process
                     if trash:
-                        asyncio.get_running_loop().run_in_executor(None, remove_trash, trash)
+                        self._background(remove_trash_async(trash), f"removing destroyed bucket {bck}")
             self.bmd = bmd
 
     async def health(self, request: web.Request) -> web.StreamResponse:

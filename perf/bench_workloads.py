@@ -11,7 +11,9 @@ Data (:mod:`perf.datasets`, Debian packages cached per machine):
 
 The objects are written into a one-target cluster's mountpath (tmpfs
 ``/dev/shm`` unless ``--disk``/``--data-dir``), and every variant works on
-those same files. Variants, interleaved in rounds (order rotated):
+those same files. Every variant first runs one untimed pass over all the items
+(warm code paths, offload policy, heaps at peak size), then the variants are
+interleaved in rounds (order rotated):
 
 - ``aioetl_ws``, ``aioetl_hpush``: an ``etl-bck`` job into a fresh bucket, the
   transform in our pod (an :class:`communicators.AiohttpServer` subclass sent
@@ -83,7 +85,7 @@ VARIANTS = ("aioetl_ws", "aioetl_hpush", "mp_pool", "inproc")
 
 # mode -> ({workload: objects}, rounds)
 _MODE_DEFAULTS: dict[str, tuple[dict[str, int], int]] = {
-    "full": ({"thumbnail": 1000, "zstd": 5000}, 5),
+    "full": ({"thumbnail": 1000, "zstd": 5000}, 7),  # 7: single rounds swing +-20% on a drifting machine
     "quick": ({"thumbnail": 200, "zstd": 1000}, 3),
     "tiny": ({"thumbnail": 4, "zstd": 4}, 1),
 }
@@ -313,14 +315,6 @@ async def _bench(env: _Env, data: dict[str, list[tuple[str, bytes]]]) -> tuple[l
             info["items"][workload] = {"count": len(items), "total_bytes": total, "median_bytes": median(sizes),
                                        "max_bytes": sizes[-1]}
             comms = [c for c in COMMS if f"aioetl_{c}" in cfg.variants]
-            warm = items[: min(len(items), 16)]
-            for c in comms:  # warm-up: pod code paths, offload policy, connections (untimed)
-                wsrc = f"{src}-warm"
-                await _create_bucket(s, env.endpoint, wsrc)
-                for name, body in warm:
-                    env.place.store_of(wsrc, name).put_bytes(wsrc, name, body)
-                await _job_pass(env, s, workload, c, wsrc, warm, sum(len(b) for _, b in warm), "w")
-                await _destroy_bucket(s, env.endpoint, wsrc)
             rnd = [0]
 
             def fn(v: str, workload: str = workload, items: list[tuple[str, bytes]] = items, src: str = src,
@@ -332,6 +326,13 @@ async def _bench(env: _Env, data: dict[str, list[tuple[str, bytes]]]) -> tuple[l
                     return _local_pass(env, v, workload, src, items, total, f"r{rnd[0]}")
                 return one
 
+            # one untimed pass of every variant over all the items first: the pods' code
+            # paths and offload policy, and every process's heap at its peak size (the
+            # first pass over the images was the slowest of five, for the pool too)
+            for v in cfg.variants:
+                one = fn(v)()
+                if not isinstance(one, Measurement):
+                    await one
             per = await interleave({v: fn(v) for v in cfg.variants}, cfg.rounds)
             measurements += [_summarize(p) for p in per.values()]
 

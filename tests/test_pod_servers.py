@@ -616,6 +616,37 @@ def test_cpu_bound_transforms_move_to_the_loop(target: StandInTarget, workers: s
         assert all(w.startswith("etl") for w in where["cpu"] + where["io"]), where
 
 
+def test_ws_connections_are_spread_evenly_over_workers(target: StandInTarget) -> None:
+    """Our pod names the accepting worker in the ws handshake (``Aioetl-Worker:
+    i/n``); the target's WsComm re-dials until its 8 connections sit 4 and 4 on
+    the two processes (left to SO_REUSEPORT, 7/1 or 8/0 happens one time in 7)."""
+    import asyncio
+    import collections
+
+    import aiohttp
+
+    from communicators.target_comm import WsComm
+
+    pod = Pod(Buffered, target, env={"NUM_WORKERS": "2"}).wait_ready()
+
+    async def run() -> tuple[collections.Counter[Any], list[bytes]]:
+        async with aiohttp.ClientSession() as s:
+            comm = WsComm("pod-etl", pod.url, 30.0, s, n_conns=8)
+            try:
+                results = await asyncio.gather(*(comm.transform(f"o{i}", fqn=None, body=b"x", etl_args="pid")
+                                                 for i in range(64)))
+                return collections.Counter(c.worker for c in comm.conns), [r.data for r in results]
+            finally:
+                await comm.close()
+
+    try:
+        workers, pids = asyncio.run(run())
+    finally:
+        pod.stop()
+    assert sum(workers.values()) == 8 and workers == {(0, 2): 4, (1, 2): 4}, workers
+    assert len(set(pids)) == 2, "both processes answered"
+
+
 def test_builtins(target: StandInTarget) -> None:
     import xxhash
 

@@ -14,7 +14,7 @@ import pytest
 import xxhash
 
 from engine.errors import Conflict, InsufficientStorage, NotFound
-from engine.storage import CKSUM_TYPE, Store, WorkFile, remove_trash
+from engine.storage import CKSUM_TYPE, Store, WorkFile, remove_trash, remove_trash_async
 
 
 def xxh(data: bytes) -> str:
@@ -292,3 +292,22 @@ def test_open_work_validates_the_name(store: Store, tmp_path: Path) -> None:
         with pytest.raises(InvalidName):
             store.open_work("b", bad)
     assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("with_rm", [True, False])
+def test_remove_trash_async(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_rm: bool) -> None:
+    """``rm -rf`` in a child process; with no ``rm`` on PATH, the same in a thread."""
+    import asyncio
+
+    paths = []
+    for i in range(2):
+        d = tmp_path / f"%trash/b{i}" / "deep" / "er"
+        d.mkdir(parents=True)
+        for j in range(50):
+            (d / f"f{j}").write_bytes(b"x")
+        paths.append(str(tmp_path / f"%trash/b{i}"))
+    if not with_rm:
+        monkeypatch.setenv("PATH", str(tmp_path / "no-such-bin"))
+    asyncio.run(remove_trash_async(paths + [str(tmp_path / "never-existed")]))
+    assert not any(os.path.exists(p) for p in paths)
+    assert (tmp_path / "%trash").is_dir(), "only the given paths are removed"
