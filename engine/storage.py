@@ -10,10 +10,12 @@ Object metadata (the LOM: size, xxhash64 checksum, version, atime, custom
 metadata) lives in the ``user.ais.lom`` extended attribute of the object file,
 as AIStore keeps it in ``user.ais.lom``. It is written on the work file
 *before* the rename, so an object and its metadata appear together or not at
-all. Every write is: work file -> write -> fsync -> setxattr -> rename.
+all. Every write is: work file -> write -> fsync -> setxattr -> rename (no
+fsync on a tmpfs/ramfs mountpath, where there is nothing to sync).
 
 Most functions here are synchronous and cheap (page cache); the caller runs
-``fsync``-bearing ones (:meth:`WorkFile.finalize`) in a thread.
+``fsync``-bearing ones (:meth:`WorkFile.finalize`) in a thread, except on
+tmpfs (``Mountpath.volatile``), where a thread hop would cost more.
 """
 
 from __future__ import annotations
@@ -183,7 +185,8 @@ class WorkFile:
                 atime_ns=time.time_ns(),
                 custom=custom or {},
             )
-            os.fsync(self._fd)
+            if not self.mpath.volatile:  # tmpfs/ramfs: nothing to sync
+                os.fsync(self._fd)
             os.setxattr(self._fd, XATTR, _enc.encode(md))
             os.close(self._fd)
             self._fd = -1
