@@ -48,8 +48,8 @@ EWMA of past calls' wall time, after 4 warm-up calls in a thread:
   CPU time / (wall time - time runnable but waiting for a CPU)); a slow
   transform is probed on the loop once after the warm-up and once per 256 calls
   in threads after that. Measured with ``perf.bench_workloads`` (1,000 PNG
-  thumbnails, 2 cores, NUM_WORKERS=2, ws): engine overhead 0.07 on the loop vs
-  0.17 in threads, same rounds;
+  thumbnails, 2 cores, NUM_WORKERS=2, ws): engine overhead 0.07-0.10 on the loop
+  vs 0.17 in threads, same rounds;
 - else in a worker thread (I/O-bound or long transforms, fewer processes than
   CPUs, large inputs), so one slow call does not hold up the others.
 
