@@ -50,6 +50,7 @@ from .httpd import json_response, read_json
 from .names import make_uname
 
 if TYPE_CHECKING:
+    from .storage import Mountpath
     from .target import Target
     from .target_etl import EtlInstance
 
@@ -230,7 +231,6 @@ class OfflineJobs:
     async def _names(self, job: _Job) -> AsyncIterator[tuple[str, str, int]]:
         """``(name, fqn, size)`` of the objects this target transforms."""
         msg, src = job.msg, job.xact.src_bck
-        loop = asyncio.get_running_loop()
         if msg.kind in LISTRANGE_KINDS and (msg.obj_names or msg.template):
             names = msg.obj_names if msg.obj_names else expand_template(msg.template)
             explicit = bool(msg.obj_names)
@@ -248,20 +248,27 @@ class OfflineJobs:
                     continue
                 yield name, fqn, size
             return
-        # joggers: one per mountpath, each walking its directory tree in batches: in a
-        # thread on a disk; on tmpfs right on the loop (a stat costs ~2 us there, while a
-        # thread doing them costs the loop a GIL hand-off per syscall)
+        # joggers: one per mountpath, each walking its directory tree in batches
         for mp in self.t.store.mountpaths:
-            it = iter(self.t.store.iter_names_mp(mp, src, msg.prefix))
-            while True:
-                if mp.volatile:
-                    batch = _take_sized(it, 64)
-                else:
-                    batch = await loop.run_in_executor(None, _take_sized, it, 512)
-                if not batch:
-                    break
+            async for batch in self._walk_mp(mp, src, msg.prefix):
                 for name, fqn, size in batch:
                     yield name, fqn, size
+
+    async def _walk_mp(self, mp: Mountpath, bck: str, prefix: str) -> AsyncIterator[list[tuple[str, str, int]]]:
+        """``(name, fqn, size)`` batches of one mountpath's objects: walked in a thread
+        on a disk; on tmpfs right on the loop (a stat costs ~2 us there, while a thread
+        doing them costs the loop a GIL hand-off per syscall)."""
+        loop = asyncio.get_running_loop()
+        it = iter(self.t.store.iter_names_mp(mp, bck, prefix))
+        while True:
+            if mp.volatile:
+                batch = _take_sized(it, 64)
+                await asyncio.sleep(0)
+            else:
+                batch = await loop.run_in_executor(None, _take_sized, it, 512)
+            if not batch:
+                return
+            yield batch
 
     async def _produce(self, job: _Job, queue: ByteQueue[tuple[str, str]]) -> None:
         try:
@@ -271,30 +278,15 @@ class OfflineJobs:
             queue.close()
 
     async def _count_total(self, job: _Job) -> None:
-        """Count the job's objects and bytes (for progress and ETA), in a thread."""
+        """Count the job's objects and bytes (for progress and ETA), walked as the joggers walk."""
         msg, src = job.msg, job.xact.src_bck
         if msg.kind in LISTRANGE_KINDS and (msg.obj_names or msg.template):
             return
-        loop = asyncio.get_running_loop()
-
-        def count(mps: list[Any]) -> tuple[int, int]:
-            n = b = 0
-            for mp in mps:
-                for _name, _fqn, size in _sized(self.t.store.iter_names_mp(mp, src, msg.prefix)):
-                    n += 1
-                    b += size
-            return n, b
-
-        disks = [mp for mp in self.t.store.mountpaths if not mp.volatile]
-        n, b = await loop.run_in_executor(None, count, disks) if disks else (0, 0)
-        for mp in self.t.store.mountpaths:  # tmpfs: on the loop, as the joggers (above)
-            if not mp.volatile:
-                continue
-            it = iter(self.t.store.iter_names_mp(mp, src, msg.prefix))
-            while batch := _take_sized(it, 256):
+        n = b = 0
+        for mp in self.t.store.mountpaths:
+            async for batch in self._walk_mp(mp, src, msg.prefix):
                 n += len(batch)
                 b += sum(size for _, _, size in batch)
-                await asyncio.sleep(0)
         job.xact.total_objs, job.xact.total_bytes = n, b
 
     # -- workers -------------------------------------------------------------------------
@@ -471,14 +463,6 @@ class _Counted:
             raise StopAsyncIteration
         self.n += len(chunk)
         return chunk
-
-
-def _sized(it: Any) -> Any:
-    for name, fqn in it:
-        try:
-            yield name, fqn, os.stat(fqn).st_size
-        except OSError:
-            continue
 
 
 def _take_sized(it: Any, n: int) -> list[tuple[str, str, int]]:
