@@ -899,21 +899,22 @@ class ETLServer:
         if self.use_streaming or ctrl.pipeline:
             return None
         try:
-            data: bytes | str
+            data: bytes | str | None = None
             if ctrl.fqn and self.direct_fqn:
                 data, n = sanitize_fqn(ctrl.fqn), 0
             elif ctrl.fqn:
                 path = sanitize_fqn(ctrl.fqn)
                 n = os.stat(path).st_size
-                if n > INLINE_MAX_BYTES or self._policy.in_thread(n):
+                if n > INLINE_MAX_BYTES:
                     return None
-                with open(path, "rb") as f:
-                    data = f.read()
             else:
                 data = body or b""
                 n = len(data)
             if self._policy.in_thread(n):
                 return None
+            if data is None:  # the file: read only once the call is known to stay here
+                with open(path, "rb") as f:
+                    data = f.read()
             return _as_bytes(self._inline_transform(data, ctrl.path, ctrl.etl_args))
         except Exception as e:  # noqa: BLE001 - every error becomes a TEXT reply
             status, msg, _ = self.error_reply(e, ctrl.path)

@@ -358,17 +358,14 @@ class WsComm(_Comm):
         process that already holds its share of ``n_conns``. ``SO_REUSEPORT`` spreads
         connections at random: 8 over 2 processes land 7/1 or 8/0 one time in 7, and a
         process runs CPU-bound transforms one at a time, so that pod would use one core."""
-        for attempt in range(BALANCE_REDIALS + 1):
+        for _ in range(BALANCE_REDIALS):
             c = await self._dial()
-            if c.worker is None or attempt == BALANCE_REDIALS:
-                return c
-            share = -(-self.n_conns // c.worker[1])
-            if sum(1 for x in live if x.worker == c.worker) < share:
+            if c.worker is None or sum(1 for x in live if x.worker == c.worker) < -(-self.n_conns // c.worker[1]):
                 return c
             await c.ws.close()
             if c.reader is not None:
                 await asyncio.gather(c.reader, return_exceptions=True)
-        raise AssertionError("unreachable")
+        return await self._dial()  # still uneven after the re-dials: take what comes
 
     async def transform(self, obj: str, *, fqn: str | None, body: bytes | None = None, etl_args: str = "",
                         pipeline: list[str] | None = None) -> PodResult:
