@@ -312,22 +312,10 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _rss_bytes(pid: int) -> int | None:
-    """Resident bytes of ``pid`` plus (with psutil) its descendants; None if unknown."""
-    if psutil is not None:
-        try:
-            p = psutil.Process(pid)
-            total = p.memory_info().rss
-            for c in p.children(recursive=True):
-                try:
-                    total += c.memory_info().rss
-                except psutil.Error:
-                    pass
-            return int(total)
-        except psutil.Error:
-            return None
+def _statm_rss(pid: int) -> int | None:
+    """Resident bytes of one process from ``/proc/<pid>/statm`` (one small read); None if gone."""
     try:
-        with open(f"/proc/{pid}/statm") as f:
+        with open(f"/proc/{pid}/statm", "rb") as f:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return None
@@ -354,31 +342,42 @@ def cpu_seconds(pids: Iterable[int]) -> float | None:
 
 
 class RssSampler:
-    """Samples the summed RSS of some processes in a thread; keeps the peak.
+    """Samples the summed RSS of some processes and their descendants in a thread; keeps the peak.
 
-    Uses psutil when installed (then child processes count too), else
-    ``/proc/<pid>/statm``; where neither works ``peak_mib`` stays ``None``.
+    The sampler must not tax what it watches: the process tree is resolved
+    (:func:`process_tree`, a scan of ``/proc``: ~3 ms with psutil) once on
+    enter and then every :attr:`TREE_EVERY_S`, and each sample only reads
+    ``/proc/<pid>/statm`` of the known pids (~20 us each). Sampling with a
+    recursive psutil children scan every 50 ms cost the watched cluster ~6% of
+    a core, charged to aioetl only (the baselines were not sampled).
 
     Args:
-        pids: processes to watch.
+        pids: processes to watch (their descendants too: a cluster's pods).
         interval_s: sampling period in seconds.
 
-    Usage: ``with RssSampler(pids) as s: ...; s.peak_mib``.
+    Usage: ``with RssSampler(pids) as s: ...; s.peak_mib`` (None where ``/proc`` is unreadable).
     """
 
-    def __init__(self, pids: Sequence[int], interval_s: float = 0.05) -> None:
+    TREE_EVERY_S = 2.0
+
+    def __init__(self, pids: Sequence[int], interval_s: float = 0.1) -> None:
         self.pids = list(pids)
         self.interval_s = interval_s
         self.peak_bytes: int | None = None
+        self._tree: list[int] = []
+        self._tree_at = -1e9
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def sample(self) -> None:
-        """Take one sample now."""
-        vals = [_rss_bytes(p) for p in self.pids]
-        if not vals or any(v is None for v in vals):
+        """Take one sample now (re-resolving the tree when it is older than :attr:`TREE_EVERY_S`)."""
+        now = time.monotonic()
+        if now - self._tree_at >= self.TREE_EVERY_S:
+            self._tree, self._tree_at = process_tree(self.pids), now
+        vals = [_statm_rss(p) for p in self._tree]
+        if not vals or any(vals[i] is None for i in range(len(self.pids))):  # a watched root is gone
             return
-        total = sum(v for v in vals if v is not None)
+        total = sum(v for v in vals if v is not None)  # a descendant may have exited meanwhile
         if self.peak_bytes is None or total > self.peak_bytes:
             self.peak_bytes = total
 

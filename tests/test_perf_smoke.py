@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # perf/ is not an installed package; run from any directory
     sys.path.insert(0, str(ROOT))
 
-from perf.common import filesystem_of, interleave, percentile, ratio_median, run_loop, size_label  # noqa: E402
+from perf.common import RssSampler, filesystem_of, interleave, percentile, ratio_median, run_loop, size_label  # noqa: E402
 
 OPS = ("put", "get")
 SIZES = ("10KiB", "16MiB")
@@ -100,6 +100,24 @@ def test_stat_helpers() -> None:
     assert percentile([1.0, 2.0], 99) == pytest.approx(1.99)
     assert percentile([7.0], 99) == 7.0
     assert size_label(10 * 1024) == "10KiB" and size_label(16 << 20) == "16MiB" and size_label(1000) == "1000B"
+
+
+def test_rss_sampler_counts_descendants_and_survives_their_exit() -> None:
+    """A child that holds 64 MiB resident is in the peak (the tree is resolved on
+    enter), and the child exiting mid-sampling does not void the samples."""
+    code = "import sys, time; b = bytearray(64 << 20); b[::4096] = b'x' * len(b[::4096]); print('ok', flush=True); time.sleep(0.6)"
+    alone = RssSampler([os.getpid()])
+    alone.sample()
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ok"
+        with RssSampler([os.getpid()], interval_s=0.05) as s:
+            child.wait(timeout=10)
+        assert alone.peak_bytes is not None and s.peak_bytes is not None
+        assert s.peak_bytes >= alone.peak_bytes + (60 << 20)
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_filesystem_of_picks_longest_mount(tmp_path: Path) -> None:
