@@ -41,6 +41,8 @@ __all__ = ["CKSUM_TYPE", "LomMD", "Mountpath", "Store", "WorkFile", "fs_type"]
 _VOLATILE: dict[str, bool] = {}
 _WORK_SALT = secrets.token_hex(4)
 _work_seq = itertools.count()
+_PID = [os.getpid()]  # os.getpid() is a syscall per call; refreshed in forked children
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
 def _volatile(path: str) -> bool:
@@ -143,7 +145,7 @@ class WorkFile:
         self.fqn = self.mpath.fqn(bck, obj)
         wdir = os.path.join(self.mpath.bck_dir(bck), _WORK_DIR)
         # unique per process without a urandom syscall per object (pid + counter + a per-process salt)
-        self.path = f"{wdir}/{_WORK_SALT}.{os.getpid()}.{next(_work_seq)}"
+        self.path = f"{wdir}/{_WORK_SALT}.{_PID[0]}.{next(_work_seq)}"
         self.size = 0
         self._hash = xxhash.xxh64()
         try:
