@@ -25,7 +25,9 @@ from typing import Callable
 
 from aiohttp import WSMsgType, web
 
-from .const import HEADER_NODE_URL, HEADER_WORKER, HEALTH_BODY, HEALTH_PATH, QPARAM_ETL_ARGS, QPARAM_ETL_FQN, WS_ROUTE
+from .const import (HEADER_NODE_URL, HEADER_WORKER, HEALTH_BODY, HEALTH_PATH, QPARAM_ETL_ARGS, QPARAM_ETL_FQN,
+                    WS_REPLIES_PER_SEND, WS_ROUTE)
+from .cork import cork_ws
 from .server import ETLServer, PodConfig, PodRequest
 
 __all__ = ["AiohttpServer", "make_handler", "serve"]
@@ -101,6 +103,7 @@ def make_handler(server: ETLServer) -> Callable[[web.BaseRequest], "asyncio.Futu
                 ws = web.WebSocketResponse(max_msg_size=0, autoping=True, heartbeat=None, compress=False)
                 ws.headers[HEADER_WORKER] = worker
                 await ws.prepare(request)
+                cork_ws(ws, WS_REPLIES_PER_SEND)
                 try:
                     await server.serve_ws(_Ws(ws))
                 finally:

@@ -62,7 +62,14 @@ RETRY_TRANSIENT = 3
 # ws connections per job and pod, as AIStore (bundle_multiplier 2 x 4). A multi-process pod
 # spreads connections over its workers by SO_REUSEPORT hashing; with 8 the chance that one
 # worker gets none is 2/256 for 2 workers, and min-pending selection balances the rest.
+# Our pods name their process count: then WS_CONNS_PER_POD_PROCESS per process (WsComm).
 WS_CONNS_PER_JOB = 8
+WS_CONNS_PER_POD_PROCESS = 2
+# objects in flight per target for a ws job with num_workers auto (0): two write-batches
+# (communicators.const.WS_REPLIES_PER_SEND) per connection of a 2-process pod, so a pod
+# process answering one batch still has the next queued, and the target handles a batch
+# of replies per wakeup
+WS_MIN_INFLIGHT = 16
 DIRECT_PUT_RETRY_REASON = "direct-put-transient"
 JOB_TTL_S = 3600.0
 
@@ -185,15 +192,19 @@ class OfflineJobs:
     async def _run(self, job: _Job) -> None:
         x, msg = job.xact, job.msg
         nworkers = resolve_num_workers(msg.num_workers, len(self.t.store.mountpaths))
+        ws_job = job.inst is not None and isinstance(job.inst.comm, WsComm)
+        if ws_job and msg.num_workers == 0:
+            nworkers = max(nworkers, WS_MIN_INFLIGHT)
         x.njoggers = len(self.t.store.mountpaths)
         x.nworkers = msg.num_workers if msg.num_workers > 0 else (0 if msg.num_workers == -1 else nworkers)
         queue: ByteQueue[tuple[str, str]] = ByteQueue(high_items=max(64, nworkers * 16), high_bytes=256 << 20)
         x.transition(State.RUNNING)
         try:
-            if job.inst is not None and isinstance(job.inst.comm, WsComm):
-                assert job.inst.pod is not None and self.t.etl.pod_session is not None
+            if ws_job:
+                assert job.inst is not None and job.inst.pod is not None and self.t.etl.pod_session is not None
                 job.ws = WsComm(job.inst.spec.name, job.inst.pod.url, job.inst.spec.obj_timeout_s,
-                                self.t.etl.pod_session, n_conns=WS_CONNS_PER_JOB)
+                                self.t.etl.pod_session, n_conns=WS_CONNS_PER_JOB,
+                                conns_per_process=WS_CONNS_PER_POD_PROCESS)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._produce(job, queue))
                 tg.create_task(self._count_total(job))
