@@ -64,6 +64,15 @@ class CorkedTransport:
         if buf and not self._t.is_closing():
             self._t.writelines(buf)
 
+    def close(self) -> None:
+        """Send what is buffered, then close (``abort`` still drops it, as asyncio's does)."""
+        self.flush()
+        self._t.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._t.write_eof()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._t, name)
 

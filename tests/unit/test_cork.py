@@ -25,6 +25,10 @@ class _Recorder:
     def is_closing(self) -> bool:
         return self.closing
 
+    def close(self) -> None:
+        self.calls.append([b"<close>"])
+        self.closing = True
+
     def get_extra_info(self, name: str) -> str:
         return f"extra:{name}"
 
@@ -76,6 +80,18 @@ def test_big_buffers_go_at_once_and_closing_transport_gets_nothing() -> None:
 
     big, closed = asyncio.run(main())
     assert len(big.calls) == 1 and closed.calls == []
+
+
+def test_close_sends_what_is_buffered_first() -> None:
+    async def main() -> _Recorder:
+        rec = _Recorder()
+        t = CorkedTransport(rec)
+        t.write(b"last reply")
+        t.close()  # same tick: the frame must not be lost
+        await asyncio.sleep(0)
+        return rec
+
+    assert asyncio.run(main()).calls == [[b"last reply"], [b"<close>"]]
 
 
 def test_cork_ws_on_a_real_connection_keeps_order() -> None:
