@@ -32,10 +32,13 @@ class CorkedTransport:
     """A transport proxy that buffers ``write`` calls until the end of the tick.
 
     Args:
-        transport: the asyncio transport to wrap (everything but ``write`` is
-            passed through).
-        max_frames: send as soon as this many writes are buffered (0: only at
-            the end of the tick).
+        transport: the asyncio transport to wrap (everything but ``write``,
+            ``close`` and ``write_eof``, which send the buffer first, is passed
+            through).
+        max_frames: send as soon as this many frames are buffered (0: only at
+            the end of the tick); a write of at most 14 bytes is a large frame's
+            bare header, which aiohttp writes apart from its payload, and does
+            not count. More than :data:`FLUSH_BYTES` buffered are sent at once.
     """
 
     def __init__(self, transport: Any, max_frames: int = 0) -> None:
