@@ -278,10 +278,14 @@ async def interleave(
 ) -> dict[str, list[T]]:
     """Run every variant once per round, alternating them, ``rounds`` times.
 
-    Round ``r`` runs the variants in their given order rotated left by ``r``
-    (``A,B,C`` / ``B,C,A`` / ...) unless ``rotate`` is false (always ``A,B,C``),
-    so no variant always runs first after a pause. Callables may be plain or
-    return an awaitable; they run one at a time, never concurrently.
+    Round ``r`` runs the variants in their given order rotated left by ``r // 2``,
+    reversed in odd rounds (``A,B,C`` / ``C,B,A`` / ``B,C,A`` / ``A,C,B`` / ...),
+    unless ``rotate`` is false (always ``A,B,C``): no variant always runs first
+    after a pause, and none always runs right after the same other one (a plain
+    rotation keeps the cyclic order, so each variant kept one predecessor, with
+    whatever that one leaves behind: a bucket being removed, a warm cache).
+    Callables may be plain or return an awaitable; they run one at a time, never
+    concurrently.
 
     Returns:
         ``{variant: [result of round 0, round 1, ...]}``.
@@ -297,8 +301,11 @@ async def interleave(
         raise ValueError("no variants to run")
     out: dict[str, list[T]] = {n: [] for n in names}
     for r in range(rounds):
-        k = r % len(names) if rotate else 0
-        for name in names[k:] + names[:k]:
+        k = (r // 2) % len(names) if rotate else 0
+        order = names[k:] + names[:k]
+        if rotate and r % 2:
+            order.reverse()
+        for name in order:
             res = variants[name]()
             if inspect.isawaitable(res):
                 res = await res

@@ -88,8 +88,17 @@ def test_interleave_alternates_and_ratios_are_per_round() -> None:
 
     # B is twice as fast as A in every round, although the machine drifts 4x between rounds
     res = run_loop(interleave({"A": make("A", [1.0, 4.0, 2.0]), "B": lambda: (order.append("B"), 0.0)[1]}, 3))
-    assert order == ["A", "B", "B", "A", "A", "B"]
+    assert order == ["A", "B", "B", "A", "B", "A"]
     assert res["A"] == [1.0, 4.0, 2.0] and res["B"] == [0.0, 0.0, 0.0]
+    # four variants over 8 rounds: each runs first twice, and within rounds follows two different ones
+    # (with a plain rotation W always followed Z)
+    seq: list[str] = []
+    run_loop(interleave({n: (lambda n=n: seq.append(n)) for n in "WXYZ"}, 8))
+    firsts = [seq[i] for i in range(0, 32, 4)]
+    assert all(firsts.count(n) == 2 for n in "WXYZ"), firsts
+    for n in "WXYZ":
+        before = {seq[i - 1] for i in range(1, 32) if seq[i] == n and i % 4}
+        assert len(before) == 2, (n, before)
     assert ratio_median([2.0, 8.0, 4.0], [1.0, 4.0, 2.0]) == 2.0
     with pytest.raises(ValueError):
         run_loop(interleave({"A": lambda: 1}, 0))
