@@ -77,8 +77,8 @@ class PodResult:
 # Go's url.PathEscape keeps the unreserved characters and "$&+:=@" (RFC 3986 §3.3 sub-delims
 # a path segment may hold, minus ";" and ","); FQNs hold "/", "@" and "%" (``@ais/<bck>/%ob/``).
 _PATH_SEGMENT_SAFE = "$&+:=@"
-_SAFE_FQN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~" + _PATH_SEGMENT_SAFE)
-_FAST_FQN = _SAFE_FQN | frozenset("/%")
+# the characters of the fast path: the safe ones plus the two it escapes itself
+_FAST_FQN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/%" + _PATH_SEGMENT_SAFE)
 
 
 def fqn_param(fqn: str) -> str:
