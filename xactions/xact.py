@@ -206,6 +206,7 @@ class Xaction:
             "done-objs": str(self.done_objs),
             "done-bytes": str(self.done_bytes),
             "err-total": str(self.err_total),
+            "obj-errs": list(self.errs),  # up to 8 distinct messages: the gateway sums them over targets
             "state": self.state.value,
             "node": self.node_id,
         }
