@@ -2,23 +2,57 @@
 
 - ``etl-bck`` (``apc.TCBMsg``, bucket to bucket): ``id`` (ETL), ``pipeline``,
   ``prefix``, ``prepend``, ``ext``, ``dry_run``, ``force``, ``num-workers``,
-  ``coer``, ``latest-ver``, ``synchronize``, ``request_timeout``.
+  ``coer``, ``latest-ver``, ``synchronize``, ``request_timeout``, and aioetl's
+  ``etl_args``.
 - ``etl-listrange`` (``cmn.TCOMsg``): the same plus ``tobck`` and a selection,
   ``objnames`` (a list) or ``template`` (brace ranges like ``obj-{0..99}.txt``).
 
 :meth:`TcbMsg.to_name` maps a source name to its destination name exactly as
 AIStore's ``TCBMsg.ToName`` does: replace the last extension per ``ext``, then
 prepend ``prepend``.
+
+The flags, for ``ais://`` buckets (the only kind aioetl holds), as AIStore
+reads them (NVIDIA/aistore@583e7729):
+
+- ``latest-ver``: "for remote sources, revalidate each object's latest version"
+  (``api/apc/tcbtco.go`` CopyBckMsg). For an ``ais://`` source
+  ``LOM.CheckRemoteMD`` returns "equal" at once (``core/ldp.go``: "nothing to do
+  with: in-cluster ais:// bucket"). Accepted and ignored, as AIStore does.
+- ``force``: run "even when other xactions with limited coexistence are already
+  running" (``ais/tgttxn.go`` tcb: ``xreg.LimitedCoexistence``). aioetl runs no
+  xaction that limits coexistence (no rebalance, resilver, or bucket rename),
+  so there is nothing to override: accepted, and the job starts either way.
+- ``synchronize``: on an ``ais://`` source AIStore prunes the destination,
+  deleting objects the source no longer has (``xact/xs/tcb.go`` ``prune``,
+  ``xact/xs/prune.go``), except for an ``objnames`` list (``xact/xs/tcobjs.go``:
+  ``msg.Sync && lrit.lrp != lrpList``), where it is ignored. aioetl has no prune
+  yet: ``synchronize`` is refused with 400 (with ``prepend`` too, as AIStore does,
+  ``ais/proxy.go``) except with an ``objnames`` list, where it is ignored.
+- ``request_timeout``: "per-object transform request timeout" (``apc.Transform``,
+  ``api/apc/tcbtco.go``; the CLI flag ``--object-timeout``: "server-side timeout
+  of transforming a single object", ``cmd/cli/cli/const.go``). AIStore's server
+  never reads it (the ETL's own ``obj_timeout`` applies). aioetl parses it (a Go
+  duration string; invalid is 400) into :attr:`TcbMsg.request_timeout_s`, and
+  :meth:`TcbMsg.obj_timeout_s` gives the per-object limit of the job: the
+  smaller of it and the ETL's ``obj_timeout``. The SDK always sends ``"5m"``.
+- ``etl_args``: not in AIStore's ``TCBMsg`` (nor sent by the SDK 2.0.0
+  ``bucket.transform``); aioetl takes it as the per-job transform arguments,
+  passed to every pod as inline GETs pass ``?etl_args=`` (``etl_args`` is also
+  the field of AIStore's ws control message, ``ext/etl/api.go``
+  ``WebsocketCtrlMsg.Targs``). A dict is JSON-encoded compactly, as the SDK's
+  ``ETLConfig`` does for inline args.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from engine.errors import BadRequest
+from engine.etl import parse_duration_s
 
 __all__ = ["COPY_BCK", "COPY_KINDS", "DELETE_LISTRANGE", "COPY_LISTRANGE", "ETL_BCK", "ETL_LISTRANGE", "LISTRANGE_KINDS", "TcbMsg",
            "expand_template"]
@@ -84,6 +118,10 @@ class TcbMsg:
         num_workers: 0 = auto, -1 = serial, N = at most N in flight per target.
         obj_names / template: the ``etl-listrange`` selection (both empty = whole bucket).
         to_bck: the ``etl-listrange`` destination bucket (``tobck``).
+        force, latest: accepted and ignored for ``ais://`` buckets (module docstring).
+        sync: ``synchronize``; only ever True with an ``objnames`` list (ignored there).
+        request_timeout_s: per-object transform timeout in seconds (0 = the ETL's own).
+        etl_args: transform arguments for every object of the job ("" = none).
     """
 
     kind: str
@@ -101,13 +139,18 @@ class TcbMsg:
     obj_names: list[str] | None = None
     template: str = ""
     to_bck: str = ""
+    request_timeout_s: float = 0.0
+    etl_args: str = ""
 
     @classmethod
     def parse(cls, kind: str, value: Any) -> "TcbMsg":
         """Validate the JSON ``value`` of the action message.
 
         Raises:
-            BadRequest: not an object, no ETL ``id``, bad types, ``synchronize`` with ``prepend``.
+            BadRequest: not an object, no ETL ``id``, bad types, ``synchronize`` with
+                ``prepend`` or without an ``objnames`` list, an invalid ``request_timeout``
+                or ``etl_args``, a template that does not expand (checked here, so the
+                gateway refuses the job before it creates anything).
         """
         if not isinstance(value, dict):
             raise BadRequest(f'{kind}: expected a JSON object as "value"')
@@ -138,6 +181,12 @@ class TcbMsg:
         )
         if msg.sync and msg.prepend:
             raise BadRequest(f"{kind}: synchronize and prepend cannot be used together")
+        rt = value.get("request_timeout")
+        if rt not in (None, "", 0):
+            if not isinstance(rt, str):
+                raise BadRequest(f'{kind}: "request_timeout" must be a duration string such as "30s" or "5m"')
+            msg.request_timeout_s = parse_duration_s(rt, 0.0)
+        msg.etl_args = _etl_args(kind, value.get("etl_args"))
         if kind in LISTRANGE_KINDS:
             names = value.get("objnames")
             if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
@@ -150,7 +199,23 @@ class TcbMsg:
             tobck = value.get("tobck") or {}
             if isinstance(tobck, dict):
                 msg.to_bck = str(tobck.get("name") or "")
+            if tmpl and not msg.obj_names:
+                next(expand_template(tmpl), None)  # validates every range and the count, lazily
+        if msg.sync and not (kind in LISTRANGE_KINDS and msg.obj_names):
+            raise BadRequest(
+                f"{kind}: synchronize is not supported: on an ais:// source AIStore deletes destination objects "
+                "missing from the source (xact/xs/prune.go), which aioetl does not implement yet; "
+                "run without synchronize")
+        if kind in LISTRANGE_KINDS and msg.obj_names:
+            msg.sync = False  # AIStore ignores it for a list (xact/xs/tcobjs.go)
         return msg
+
+    def obj_timeout_s(self, etl_obj_timeout_s: float) -> float:
+        """The per-object transform timeout of this job: ``request_timeout`` when it is set
+        and shorter than the ETL's ``obj_timeout`` (``etl_obj_timeout_s``), else the latter."""
+        if self.request_timeout_s > 0 and (etl_obj_timeout_s <= 0 or self.request_timeout_s < etl_obj_timeout_s):
+            return self.request_timeout_s
+        return etl_obj_timeout_s
 
     def to_name(self, name: str) -> str:
         """Destination object name: ``ext`` mapping of the last extension, then ``prepend``."""
@@ -167,4 +232,25 @@ class TcbMsg:
             "ext": self.ext, "dry_run": self.dry_run, "force": self.force, "latest-ver": self.latest,
             "synchronize": self.sync, "num-workers": self.num_workers, "coer": self.coer,
             "objnames": self.obj_names, "template": self.template, "tobck": {"name": self.to_bck},
+            "request_timeout": _go_duration(self.request_timeout_s), "etl_args": self.etl_args,
         }
+
+
+def _etl_args(kind: str, v: Any) -> str:
+    """``etl_args`` as the pods get it: a str as is, a dict/list JSON-encoded compactly (the
+    SDK's ``ETLConfig.update_qparams``), None/"" as no arguments."""
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, separators=(",", ":"))
+    raise BadRequest(f'{kind}: "etl_args" must be a string or a JSON object')
+
+
+def _go_duration(s: float) -> str:
+    """Seconds as a Go duration string that :func:`engine.etl.parse_duration_s` reads back ("" for 0)."""
+    if s <= 0:
+        return ""
+    ms = round(s * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
