@@ -40,6 +40,7 @@ __all__ = [
     "RETRY_REASON_DIRECT_PUT_TRANSIENT",
     "WS_ETL_ARGS",
     "WS_FQN",
+    "WS_ID",
     "WS_PATH",
     "WS_PIPELINE",
     "WS_ROUTE",
@@ -70,6 +71,7 @@ WS_PIPELINE = "pipeline"
 WS_ETL_ARGS = "etl_args"
 WS_FQN = "fqn"
 WS_PATH = "path"
+WS_ID = "id"  # aioetl extension: request id, echoed in the framed reply (communicators.wire)
 
 # -- routes --------------------------------------------------------------------
 HEALTH_PATH = "/health"

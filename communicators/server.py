@@ -96,6 +96,7 @@ from .wire import (
     direct_put_outcome,
     encode_ws_delivered,
     encode_ws_error,
+    frame_ws_reply,
     parse_etl_pipeline,
     sanitize_fqn,
     target_get_url,
@@ -828,14 +829,18 @@ class ETLServer:
     async def serve_ws(self, conn: WsConnection) -> None:
         """Serve one ws connection until it closes (§1.5): requests are read and
         processed concurrently (at most ``ws_max_inflight`` / ``ws_max_inflight_bytes``
-        per connection), replies go out strictly in request order. Cancelling it
-        drops the unanswered requests."""
+        per connection), replies go out strictly in request order. A request whose
+        control frame carries an ``id`` is answered with one framed BINARY reply
+        (:func:`.wire.frame_ws_reply`), so the target attributes it by id, not by
+        position. Cancelling it drops the unanswered requests."""
         budget = _ByteBudget(self.ws_max_inflight, self.ws_max_inflight_bytes)
-        order: asyncio.Queue[tuple[asyncio.Task[bytes | str], int] | None] = asyncio.Queue()
+        order: asyncio.Queue[tuple[asyncio.Task[bytes | str], int, int | None] | None] = asyncio.Queue()
         outstanding = 0  # requests queued for the writer and not yet answered
 
-        async def send(reply: bytes | str) -> None:
-            if isinstance(reply, str):
+        async def send(reply: bytes | str, rid: int | None) -> None:
+            if rid is not None:  # the target sent an id: one framed BINARY reply (wire docstring)
+                await conn.send_bytes(frame_ws_reply(rid, reply))
+            elif isinstance(reply, str):
                 await conn.send_text(reply)
             else:
                 await conn.send_bytes(reply)
@@ -846,12 +851,12 @@ class ETLServer:
                 item = await order.get()
                 if item is None:
                     return
-                task, n = item
+                task, n, rid = item
                 try:
                     reply = await task
                 finally:
                     budget.release(n)
-                await send(reply)
+                await send(reply, rid)
                 outstanding -= 1
 
         try:
@@ -868,7 +873,7 @@ class ETLServer:
                             err = encode_ws_error(str(e), 400)
                             await budget.acquire(0)
                             outstanding += 1
-                            order.put_nowait((tg.create_task(_const(err)), 0))
+                            order.put_nowait((tg.create_task(_const(err)), 0, None))
                             break  # cannot tell whether a body frame follows: stop reading
                         body: bytes | None = None
                         if not ctrl.fqn:
@@ -879,12 +884,12 @@ class ETLServer:
                         if outstanding == 0:  # nothing ahead of it: may be answered right here
                             reply = self._ws_inline(ctrl, body)
                             if reply is not None:
-                                await send(reply)
+                                await send(reply, ctrl.id)
                                 continue
                         n = len(body) if body is not None else 0
                         await budget.acquire(n)
                         outstanding += 1
-                        order.put_nowait((tg.create_task(self._ws_one(ctrl, body)), n))
+                        order.put_nowait((tg.create_task(self._ws_one(ctrl, body)), n, ctrl.id))
                 finally:
                     order.put_nowait(None)
         except* (ConnectionError, aiohttp.ClientError, RuntimeError) as eg:

@@ -7,7 +7,8 @@
   pod, which then reads the object itself; pipelines are refused (400), as
   AIStore does, because a redirect drops the ``Ais-Node-Url`` header.
 - :class:`WsComm` (``ws://``): a session of persistent WebSocket connections;
-  requests are pipelined and answered in FIFO order per connection (§1.5).
+  with our pods requests are pipelined and replies carry the request id; with
+  AIStore's pods (order-based replies, §1.5) one request per connection.
 
 Every type applies a per-object timeout (``obj_timeout``), ws included
 (AIStore has none there). Pod answers map to errors in one place,
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,7 @@ from engine.errors import AioetlError, BadRequest, ClientError
 
 from .const import HEADER_WORKER
 from .cork import cork_ws
+from .wire import WS_KIND_DATA, WS_KIND_DELIVERED, WS_KIND_ERROR, WsProtocolError, parse_ws_frame
 
 __all__ = [
     "EtlFailed",
@@ -178,16 +181,36 @@ class HpushComm(_Comm):
 
     async def _send(self, method: str, url: str, params: dict[str, str], headers: dict[str, str],
                     body: Any, what: str) -> aiohttp.ClientResponse:
-        """One request to the pod under ``obj_timeout``; pod errors mapped (module docstring)."""
-        try:
-            resp = await self.session.request(method, url, params=params, data=body, headers=headers,
-                                              timeout=aiohttp.ClientTimeout(total=self.obj_timeout_s))
-        except asyncio.TimeoutError:
-            raise self._timeout(f'transform of "{what}"') from None
-        except aiohttp.ClientError as e:
-            raise self._unreachable(e) from e
-        if resp.status >= 400:
+        """One request to the pod under ``obj_timeout``; pod errors mapped (module docstring).
+
+        A request that fails before any reply on a pooled connection (the pod closed it,
+        or left bytes of an earlier over-long reply on it) is sent once more on a fresh
+        one, when its body can be sent again. A 2xx reply other than 204 must prove its
+        length (``Content-Length`` or chunked): a reply that ends where the connection
+        closes cannot be told from a cut one.
+        """
+        replayable = not body or isinstance(body, (bytes, bytearray, memoryview))
+        for attempt in range(2):
+            try:
+                resp = await self.session.request(method, url, params=params, data=body, headers=headers,
+                                                  timeout=aiohttp.ClientTimeout(total=self.obj_timeout_s))
+                break
+            except asyncio.TimeoutError:
+                raise self._timeout(f'transform of "{what}"') from None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientResponseError) as e:
+                if attempt == 0 and replayable:
+                    continue
+                raise self._unreachable(e) from e
+            except aiohttp.ClientError as e:
+                raise self._unreachable(e) from e
+        if not 200 <= resp.status < 300:
             raise await self._error_reply(resp)
+        if (resp.status != 204 and resp.content_length is None
+                and "chunked" not in resp.headers.get("Transfer-Encoding", "").lower()):
+            resp.close()
+            raise EtlFailed(f'ETL error: etl job "{self.etl}": the pod\'s reply for "{what}" has neither '
+                            "Content-Length nor chunked encoding, so a cut reply could not be told from a "
+                            "complete one", status=502)
         return resp
 
     async def _error_reply(self, resp: aiohttp.ClientResponse) -> AioetlError:
@@ -229,6 +252,11 @@ class HpullComm(HpushComm):
 
 
 BALANCE_REDIALS = 8  # per connection, see WsComm._dial_balanced
+# AIStore's pods match replies by order alone: one request in flight per connection (then a
+# reply provably belongs to it), and this many connections at least, so a job still has
+# 8 requests in flight (AIStore's bundle_multiplier 2 x 4 connections)
+WS_ORDER_CONNS = 8
+WS_EXPIRED_IDS = 4096  # per connection: ids of timed-out requests whose late reply is dropped
 _EXPIRED: Any = object()  # result of a ws request future whose per-object timeout fired
 
 
@@ -248,26 +276,92 @@ def _pod_worker(ws: aiohttp.ClientWebSocketResponse) -> tuple[int, int] | None:
     return (i, n) if 0 <= i < n else None
 
 
+class _Anomaly(EtlFailed):
+    """A reply the protocol cannot attribute or did not ask for: the connection is closed."""
+
+
+def classify_ws_reply(kind: aiohttp.WSMsgType, data: Any, direct: bool = False) -> PodResult | AioetlError:
+    """An order-based (AIStore) reply to a request that asked for a direct put (``direct``) or not.
+
+    BINARY -> bytes; TEXT of digits -> delivered; any other TEXT -> an error. Bytes where
+    a direct put was asked for, or "delivered" where none was, is an :class:`_Anomaly`.
+    """
+    if kind == aiohttp.WSMsgType.BINARY:
+        if direct:
+            return _Anomaly("ETL error: pod answered with bytes where a direct put was requested")
+        return PodResult(data=bytes(data))
+    text = str(data).strip()
+    if text.isascii() and text.isdigit():
+        if not direct:
+            return _Anomaly(f"ETL error: pod answered {text!r} (delivered by direct put) but no direct put was requested")
+        return PodResult(delivered=int(text))
+    status = 422
+    try:
+        doc = json.loads(text)
+        if isinstance(doc, dict) and "error" in doc:
+            text = str(doc["error"])
+            status = int(doc.get("status") or 422)
+    except (ValueError, TypeError):
+        pass
+    err = pod_error("", status if status < 500 else 500, text)
+    if status == 503:
+        err.transient = True  # type: ignore[attr-defined]
+    return err
+
+
+def _classify_framed(kind: int, payload: bytes, direct: bool) -> PodResult | AioetlError:
+    """A reply framed with its request id (``communicators.wire``), attributed by that id."""
+    if kind == WS_KIND_DATA:
+        return classify_ws_reply(aiohttp.WSMsgType.BINARY, payload, direct)
+    text = payload.decode(errors="replace")
+    if kind == WS_KIND_DELIVERED and not (text.isascii() and text.strip().isdigit()):
+        return _Anomaly(f"ETL error: malformed delivered length {text[:64]!r}")
+    if kind == WS_KIND_ERROR and text.strip().isdigit():
+        text = json.dumps({"error": text, "status": 500})
+    return classify_ws_reply(aiohttp.WSMsgType.TEXT, text, direct)
+
+
+class _Req:
+    __slots__ = ("fut", "direct")
+
+    def __init__(self, fut: "asyncio.Future[Any]", direct: bool) -> None:
+        self.fut = fut
+        self.direct = direct
+
+
 class _WsConn:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
         self.worker = _pod_worker(ws)
-        self.pending: collections.deque[asyncio.Future[PodResult | AioetlError]] = collections.deque()
+        self.ids = self.worker is not None  # our pods echo request ids (communicators.wire)
+        self.pending: dict[int, _Req] = {}
+        self.expired: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.send_lock = asyncio.Lock()
-        self.draining = False
+        self.broken = False  # no new requests: closing after an anomaly or a timeout
+        self.busy = False  # order mode: a request is in flight
         self.reader: asyncio.Task[None] | None = None
+
+    @property
+    def usable(self) -> bool:
+        return not self.broken and not self.ws.closed
 
 
 class WsComm(_Comm):
-    """``ws://``: ``n_conns`` persistent connections, pipelined, FIFO per connection.
+    """``ws://``: persistent connections to the pod, replies attributed by proof.
 
-    With ``conns_per_process`` set and a pod that names its process count (our pods'
-    ``Aioetl-Worker`` header), at most that many connections per pod process: fewer,
-    deeper pipelines, whose replies the pod sends several per write.
-
-    A request that times out marks its connection as draining: nothing new is
-    sent on it, late replies are matched and dropped, and the connection is
-    closed once empty, so one slow object never shifts the FIFO of others.
+    - Our pods (``Aioetl-Worker`` handshake header): every request carries an id and
+      the reply echoes it (``communicators.wire``); requests are pipelined over
+      ``n_conns`` connections (with ``conns_per_process``: at most that many per pod
+      process: fewer, deeper pipelines, whose replies the pod sends several per write).
+      A missing reply times out its own object; a late one is dropped; a reply with an
+      id never sent, a TEXT frame or a malformed frame closes the connection and fails
+      the requests in flight on it.
+    - Any other pod (AIStore's order-based protocol, ``ext/etl/websocket_comm.go``):
+      one request in flight per connection, at least :data:`WS_ORDER_CONNS`
+      connections, so a reply provably belongs to the one request. A timeout, an
+      unsolicited reply, or a reply of the wrong kind (bytes where a direct put was
+      asked for, "delivered" where none was) closes that connection: nothing it
+      sends afterwards is attributed to anything.
     """
 
     def __init__(self, etl: str, pod_url: str, obj_timeout_s: float, session: aiohttp.ClientSession,
@@ -278,6 +372,14 @@ class WsComm(_Comm):
         self.conns: list[_WsConn] = []
         self._dial_lock = asyncio.Lock()
         self._closed = False
+        self._ids = itertools.count(1)
+        self._order_mode: bool | None = None  # known after the first connection
+        self._slots: asyncio.Semaphore | None = None  # order mode: one request per connection
+
+    @property
+    def ids(self) -> bool:
+        """True once the pod is known to echo request ids (our pods)."""
+        return self._order_mode is False
 
     async def _dial(self) -> _WsConn:
         ws_url = self.pod_url.replace("http://", "ws://", 1) + "/ws"
@@ -291,39 +393,91 @@ class WsComm(_Comm):
         c.reader = asyncio.ensure_future(self._read_loop(c))
         return c
 
+    def _anomaly(self, what: str) -> _Anomaly:
+        return _Anomaly(f'ETL error: etl job "{self.etl}": ws protocol violation by the pod at {self.pod_url}: {what}')
+
     async def _read_loop(self, c: _WsConn) -> None:
         err: AioetlError | None = None
         try:
             async for msg in c.ws:
-                if msg.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
-                    if not c.pending:
-                        err = EtlFailed(f'ETL error: etl job "{self.etl}": pod sent an unsolicited ws message')
+                if msg.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                    if msg.type == aiohttp.WSMsgType.ERROR:
                         break
-                    fut = c.pending.popleft()
-                    if not fut.done():
-                        fut.set_result(classify_ws_reply(msg.type, msg.data))
-                    if c.draining and not c.pending:
+                    continue
+                if c.ids:
+                    if msg.type != aiohttp.WSMsgType.BINARY:
+                        err = self._anomaly("a TEXT frame where a framed reply was due")
                         break
-                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    try:
+                        rid, kind, payload = parse_ws_frame(msg.data)
+                    except WsProtocolError as e:
+                        err = self._anomaly(str(e))
+                        break
+                    req = c.pending.pop(rid, None)
+                    if req is None:
+                        if rid in c.expired:  # the late reply of a timed-out request: dropped
+                            del c.expired[rid]
+                            continue
+                        err = self._anomaly(f"a reply to request id {rid}, which is not in flight")
+                        break
+                    if not req.fut.done():
+                        req.fut.set_result(_classify_framed(kind, payload, req.direct))
+                    continue
+                if not c.pending:
+                    err = self._anomaly("a reply when no request was in flight")
                     break
-        except Exception as e:  # noqa: BLE001 - the connection is dead; fail its tasks below
+                _, req = c.pending.popitem()
+                res = classify_ws_reply(msg.type, msg.data, req.direct)
+                if not req.fut.done():
+                    req.fut.set_result(res)
+                if isinstance(res, _Anomaly):
+                    break
+        except Exception as e:  # noqa: BLE001 - the connection is dead; fail its requests below
             err = self._unreachable(e)
         finally:
+            c.broken = True
             if c in self.conns:
                 self.conns.remove(c)
             e2 = err or self._unreachable(ConnectionError("websocket closed by the pod"))
-            while c.pending:
-                fut = c.pending.popleft()
-                if not fut.done():
-                    fut.set_result(e2)
+            for req in c.pending.values():
+                if not req.fut.done():
+                    req.fut.set_result(e2)
+            c.pending.clear()
             if not c.ws.closed:
                 await c.ws.close()
 
+    async def _first(self) -> None:
+        """Dial the first connection: it tells whether the pod speaks request ids."""
+        async with self._dial_lock:
+            if self._order_mode is not None:
+                return
+            c = await self._dial()
+            self.conns.append(c)
+            self._order_mode = not c.ids
+            if self._order_mode:
+                self.n_conns = max(self.n_conns, WS_ORDER_CONNS)
+                self._slots = asyncio.Semaphore(self.n_conns)
+            elif self.conns_per_process and c.worker is not None:
+                self.n_conns = min(self.n_conns, self.conns_per_process * c.worker[1])
+
+    async def _pick_ordered(self) -> _WsConn:
+        """A connection with nothing in flight (the caller holds a slot, so one exists or
+        may be dialed)."""
+        for c in self.conns:
+            if c.usable and not c.busy:
+                c.busy = True
+                return c
+        async with self._dial_lock:
+            c = await self._dial()
+            self.conns.append(c)
+        c.busy = True
+        return c
+
     async def _pick(self) -> _WsConn:
-        live = [c for c in self.conns if not c.draining and not c.ws.closed]
+        live = [c for c in self.conns if c.usable]
         if len(live) < self.n_conns and (not live or min(len(c.pending) for c in live) > 0):
             async with self._dial_lock:
-                live = [c for c in self.conns if not c.draining and not c.ws.closed]
+                live = [c for c in self.conns if c.usable]
                 if len(live) < self.n_conns:
                     c = await self._dial_balanced(live)
                     self.conns.append(c)
@@ -338,8 +492,6 @@ class WsComm(_Comm):
         process runs CPU-bound transforms one at a time, so that pod would use one core."""
         for _ in range(BALANCE_REDIALS):
             c = await self._dial()
-            if c.worker is not None and self.conns_per_process:  # fewer, deeper connections
-                self.n_conns = min(self.n_conns, self.conns_per_process * c.worker[1])
             if c.worker is None or sum(1 for x in live if x.worker == c.worker) < -(-self.n_conns // c.worker[1]):
                 return c
             await c.ws.close()
@@ -348,44 +500,83 @@ class WsComm(_Comm):
         return await self._dial()  # still uneven after the re-dials: take what comes
 
     async def transform(self, obj: str, *, fqn: str | None, body: bytes | None = None, etl_args: str = "",
-                        pipeline: list[str] | None = None) -> PodResult:
+                        pipeline: list[str] | None = None, direct: bool = False) -> PodResult:
         """One object round trip.
 
+        Args:
+            obj: the object name (the control frame's ``path``).
+            fqn: the local file the pod reads; None sends ``body`` as a BINARY frame.
+            pipeline: next hops (``Ais-Node-Url``), the last one a target when ``direct``.
+            direct: the last hop is a direct put to a target: the reply must be
+                "delivered", not bytes (and the other way round).
+
+        Returns:
+            ``PodResult`` with ``data`` (bytes) or ``delivered`` (bytes the pod says it
+            delivered by direct put; only the destination can confirm it).
+
         Raises:
-            EtlFailed: error reply or the connection died.
-            BadRequest: timeout.
+            EtlFailed: error reply, a reply of the wrong kind, or the connection died
+                or broke protocol (then every request in flight on it fails).
+            BadRequest: timeout (the reply, if it ever comes, is not used).
         """
         if self._closed:
             raise EtlFailed(f'etl job "{self.etl}": communicator closed', status=424)
-        ctrl: dict[str, str] = {"path": obj}
+        if self._order_mode is None:
+            await self._first()
+        ctrl: dict[str, Any] = {"path": obj}
         if fqn:
             ctrl["fqn"] = fqn_param(fqn)
         if etl_args:
             ctrl["etl_args"] = etl_args
         if pipeline:
             ctrl["pipeline"] = ",".join(pipeline)
-        c = await self._pick()
+        slots = self._slots
+        if slots is not None:
+            await slots.acquire()
+        c: _WsConn | None = None
+        try:
+            c = await (self._pick_ordered() if slots is not None else self._pick())
+            return await self._round_trip(c, ctrl, obj, fqn, body, direct)
+        finally:
+            if c is not None:
+                c.busy = False
+            if slots is not None:
+                slots.release()
+
+    async def _round_trip(self, c: _WsConn, ctrl: dict[str, Any], obj: str, fqn: str | None, body: bytes | None,
+                          direct: bool) -> PodResult:
         loop = asyncio.get_running_loop()
+        rid = next(self._ids)
+        if c.ids:
+            ctrl["id"] = rid
         fut: asyncio.Future[PodResult | AioetlError] = loop.create_future()
+        c.pending[rid] = _Req(fut, direct)
         try:
             async with c.send_lock:
-                c.pending.append(fut)
                 await c.ws.send_bytes(json.dumps(ctrl).encode())
                 if not fqn:
                     await c.ws.send_bytes(body or b"")
         except (aiohttp.ClientError, ConnectionError, RuntimeError) as e:
+            c.pending.pop(rid, None)
+            c.broken = True
             raise self._unreachable(e) from e
-        # a timer instead of wait_for(shield(fut)): the future stays in c.pending (the
-        # reader matches the late reply to it and drops it), and no extra task per object
+        # a timer instead of wait_for(shield(fut)): no extra task per object
         timer = loop.call_later(self.obj_timeout_s, _expire, fut)
+        done = False
         try:
             res = await fut
+            done = res is not _EXPIRED
         finally:
             timer.cancel()
+            if not done and c.pending.pop(rid, None) is not None:  # timed out or cancelled
+                if c.ids:
+                    c.expired[rid] = None  # its late reply is recognized and dropped
+                    while len(c.expired) > WS_EXPIRED_IDS:
+                        c.expired.popitem(last=False)
+                else:  # order-based: a late reply could not be told from the next: close
+                    c.broken = True
+                    asyncio.ensure_future(c.ws.close())
         if res is _EXPIRED:
-            c.draining = True
-            if not c.pending or all(f.done() for f in c.pending):
-                await c.ws.close()
             raise self._timeout(f'transform of "{obj}"')
         if isinstance(res, AioetlError):
             res.message = res.message.replace('etl job ""', f'etl job "{self.etl}"', 1)

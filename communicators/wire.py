@@ -18,12 +18,28 @@ counts as success and transform errors are lost):
     TEXT {"error": str, "status": int}   the object failed (our pods)
     TEXT anything else             the object failed (upstream pods send
                                    "Transform error: ..." or "Invalid pipeline header: ...")
+
+Request ids (aioetl extension): AIStore matches ws replies to requests by order
+alone (``ext/etl/websocket_comm.go``), so a pod that skips or adds one reply shifts
+every later reply onto the wrong object. A target talking to our pods (they name
+themselves with the ``Aioetl-Worker`` handshake header) puts an integer ``id`` in
+each control frame; our pods then answer every request with one BINARY frame
+that starts with the 9-byte header ``>QB`` (the id, the reply kind) and carries
+the reply above as payload (:func:`frame_ws_reply`, :func:`parse_ws_frame`):
+
+    kind 0 (WS_KIND_DATA)        payload = transformed bytes
+    kind 1 (WS_KIND_DELIVERED)   payload = ASCII decimal length delivered by direct put
+    kind 2 (WS_KIND_ERROR)       payload = {"error": str, "status": int} (UTF-8 JSON)
+
+A reply is then attributed by its id only: a missing, late or extra reply
+affects its own object, never another.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -35,6 +51,7 @@ from .const import (
     RETRY_BACKOFF_MAX_S,
     WS_ETL_ARGS,
     WS_FQN,
+    WS_ID,
     WS_PATH,
     WS_PIPELINE,
 )
@@ -42,6 +59,10 @@ from .const import (
 __all__ = [
     "DirectPutOutcome",
     "InvalidPipelineError",
+    "WS_KIND_DATA",
+    "WS_KIND_DELIVERED",
+    "WS_KIND_ERROR",
+    "WS_REPLY_HEADER",
     "WsControl",
     "WsProtocolError",
     "backoff_delay_s",
@@ -50,9 +71,11 @@ __all__ = [
     "direct_put_outcome",
     "encode_ws_delivered",
     "encode_ws_error",
+    "frame_ws_reply",
     "is_stage_url",
     "parse_etl_pipeline",
     "parse_ws_error",
+    "parse_ws_frame",
     "sanitize_fqn",
     "stage_object_path",
     "target_get_url",
@@ -225,19 +248,23 @@ class WsControl:
         etl_args: transform arguments (stripped on decode).
         fqn: ``url.PathEscape(FQN)``; ``""`` means one BINARY body frame follows.
         path: the object name (no bucket).
+        id: the request id (aioetl extension, see the module docstring); None when the
+            target did not send one (AIStore's order-based protocol).
     """
 
     pipeline: str = ""
     etl_args: str = ""
     fqn: str = ""
     path: str = ""
+    id: int | None = None
 
     @classmethod
     def decode(cls, data: bytes | str) -> "WsControl":
         """Parse the JSON control frame; absent fields are ``""``.
 
         Raises:
-            WsProtocolError: not JSON, not an object, or a non-string field.
+            WsProtocolError: not JSON, not an object, a non-string field, or an ``id``
+                that is not a non-negative integer below 2**64.
         """
         try:
             doc = json.loads(data)
@@ -253,7 +280,11 @@ class WsControl:
             if not isinstance(v, str):
                 raise WsProtocolError(f"ws control field {key!r} is not a string")
             vals[key] = v
-        return cls(pipeline=vals[WS_PIPELINE], etl_args=vals[WS_ETL_ARGS].strip(), fqn=vals[WS_FQN], path=vals[WS_PATH])
+        rid = doc.get(WS_ID)
+        if rid is not None and (not isinstance(rid, int) or isinstance(rid, bool) or not 0 <= rid < 1 << 64):
+            raise WsProtocolError(f"ws control field {WS_ID!r} is not an integer id")
+        return cls(pipeline=vals[WS_PIPELINE], etl_args=vals[WS_ETL_ARGS].strip(), fqn=vals[WS_FQN],
+                   path=vals[WS_PATH], id=rid)
 
     def encode(self) -> bytes:
         """JSON bytes with empty fields omitted (Go ``omitempty``), compact, key order
@@ -262,6 +293,8 @@ class WsControl:
         for key, v in ((WS_PIPELINE, self.pipeline), (WS_ETL_ARGS, self.etl_args), (WS_FQN, self.fqn), (WS_PATH, self.path)):
             if v:
                 doc[key] = v
+        if self.id is not None:
+            doc[WS_ID] = self.id
         return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -296,3 +329,44 @@ def classify_ws_text(text: str) -> tuple[bool, int | str]:
     if t and t.isascii() and t.isdigit():
         return True, int(t)
     return False, parse_ws_error(text)[0]
+
+
+# -- ws replies with request ids (aioetl extension, module docstring) -------------------
+
+WS_REPLY_HEADER = struct.Struct(">QB")  # request id, reply kind
+WS_KIND_DATA = 0
+WS_KIND_DELIVERED = 1
+WS_KIND_ERROR = 2
+
+
+def frame_ws_reply(req_id: int, reply: bytes | str) -> bytes:
+    """The BINARY frame answering request ``req_id``.
+
+    Args:
+        req_id: the control frame's ``id``.
+        reply: transformed bytes, or the TEXT reply the order-based protocol would
+            send (:func:`encode_ws_delivered` digits or :func:`encode_ws_error` JSON).
+
+    Returns:
+        ``WS_REPLY_HEADER`` + payload; e.g. ``frame_ws_reply(7, "12")`` is
+        ``b"\\x00"*7 + b"\\x07\\x01" + b"12"``.
+    """
+    if isinstance(reply, str):
+        t = reply.strip()
+        kind = WS_KIND_DELIVERED if t and t.isascii() and t.isdigit() else WS_KIND_ERROR
+        return WS_REPLY_HEADER.pack(req_id, kind) + reply.encode()
+    return WS_REPLY_HEADER.pack(req_id, WS_KIND_DATA) + reply
+
+
+def parse_ws_frame(frame: bytes) -> tuple[int, int, bytes]:
+    """``(id, kind, payload)`` of a framed reply.
+
+    Raises:
+        WsProtocolError: shorter than the header, or an unknown kind.
+    """
+    if len(frame) < WS_REPLY_HEADER.size:
+        raise WsProtocolError(f"ws reply of {len(frame)} bytes is shorter than its {WS_REPLY_HEADER.size}-byte header")
+    rid, kind = WS_REPLY_HEADER.unpack_from(frame)
+    if kind not in (WS_KIND_DATA, WS_KIND_DELIVERED, WS_KIND_ERROR):
+        raise WsProtocolError(f"ws reply {rid}: unknown kind {kind}")
+    return rid, kind, frame[WS_REPLY_HEADER.size:]

@@ -48,6 +48,7 @@ from xactions.xact import State, Xaction
 from .errors import AioetlError, BadRequest, InsufficientStorage, NotFound
 from .httpd import json_response, read_json
 from .names import make_uname
+from .receipts import Receipts
 
 if TYPE_CHECKING:
     from .storage import Mountpath
@@ -71,6 +72,7 @@ WS_CONNS_PER_POD_PROCESS = 2
 # of replies per wakeup
 WS_MIN_INFLIGHT = 16
 DIRECT_PUT_RETRY_REASON = "direct-put-transient"
+SETTLE_BATCH = 1024  # direct-put claims per destination settled at once (bounds memory)
 JOB_TTL_S = 3600.0
 
 
@@ -92,6 +94,9 @@ class _Job:
         self.inst = inst
         self.task: asyncio.Task[None] | None = None
         self.ws: WsComm | None = None
+        # direct puts the pod reported delivered, not yet confirmed by their destination:
+        # destination target URL -> {"<dst bck>/<dst obj>": source object name}
+        self.claims: dict[str, dict[str, str]] = {}
 
 
 class OfflineJobs:
@@ -100,6 +105,7 @@ class OfflineJobs:
     def __init__(self, target: "Target") -> None:
         self.t = target
         self.jobs: dict[str, _Job] = {}
+        self.receipts = Receipts()  # the receive side of every job's direct puts here
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -107,6 +113,7 @@ class OfflineJobs:
         r.add_route("POST", "/v1/xactions/_abort", self.h_abort)
         r.add_route("GET", "/v1/xactions", self.h_snaps)
         r.add_route("GET", "/v1/xactions/{id}/errors", self.h_errors)
+        r.add_route("POST", "/v1/xactions/_settle", self.h_settle)
         app.on_cleanup.append(self._shutdown)
 
     async def _shutdown(self, _: web.Application) -> None:
@@ -155,9 +162,26 @@ class OfflineJobs:
                 continue
             if job.xact.abort(err):
                 n += 1
+                self.receipts.abort(job.xact.xid, err)
                 if job.task is not None:
                     job.task.cancel()
+        if xid and xid not in self.jobs:  # not started here (yet): refuse its objects all the same
+            self.receipts.abort(xid, err)
         return n
+
+    async def h_settle(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/xactions/_settle`` ``{"id", "keys": ["<bck>/<obj>", ...], "revoke": bool}``:
+        which of a sender's direct puts arrived here (:mod:`.receipts`).
+
+        Returns:
+            ``{"received": {key: size}, "missing": [key, ...]}``.
+        """
+        doc = await read_json(request)
+        xid, keys = doc.get("id") if isinstance(doc, dict) else None, doc.get("keys") if isinstance(doc, dict) else None
+        if not isinstance(xid, str) or not xid or not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise BadRequest('settle: expected {"id": "<job>", "keys": ["<bck>/<obj>", ...], "revoke": bool}')
+        received, missing = await self.receipts.settle(xid, keys, bool(doc.get("revoke")))
+        return json_response({"received": received, "missing": missing})
 
     async def h_snaps(self, request: web.Request) -> web.StreamResponse:
         xid, kind = request.query.get("id", ""), request.query.get("kind", "")
@@ -172,6 +196,7 @@ class OfflineJobs:
         return web.FileResponse(path, headers={"Content-Type": "application/x-ndjson"})
 
     def _gc(self) -> None:
+        self.receipts.gc()
         now = time.time_ns()
         for xid in [x for x, j in self.jobs.items() if not j.xact.running and now - j.xact.end_ns > JOB_TTL_S * 1e9]:
             del self.jobs[xid]
@@ -210,6 +235,7 @@ class OfflineJobs:
                 tg.create_task(self._count_total(job))
                 for _ in range(nworkers):
                     tg.create_task(self._worker(job, queue))
+            await self._settle_all(job)
             if x.running:
                 x.transition(State.DRAINING)
                 x.transition(State.FINISHED)
@@ -328,6 +354,12 @@ class OfflineJobs:
                     raise
 
     async def _one(self, job: _Job, name: str, fqn: str, size: int) -> None:
+        """Transform one object and see it to exactly one outcome: written here, PUT to its
+        owner, or direct-put by the pod (confirmed by the owner, :mod:`.receipts`).
+
+        Raises:
+            AioetlError: the object failed (the worker records it).
+        """
         x, msg, inst = job.xact, job.msg, job.inst
         if inst is None:
             return await self._copy_one(job, name, fqn, size)
@@ -339,32 +371,60 @@ class OfflineJobs:
         local = owner is None or owner.daemon_id == self.t.node_id
         pipeline = self.t.etl.pipeline_urls(msg.pipeline)
         ws = job.ws
-        if not local and not msg.dry_run and (inst.spec.direct_put or ws is not None):
+        direct = not local and not msg.dry_run and (inst.spec.direct_put or ws is not None)
+        key = f"{dst}/{dst_name}"
+        if direct:
             assert owner is not None
             pipeline = [*pipeline, f"{owner.url}/{quote(make_uname(dst, dst_name), safe='@')}?owt=3&uuid={x.xid}"]
-        if ws is not None:
-            res = await ws.transform(name, fqn=fqn, pipeline=pipeline)
-            if res.data is None:
-                x.stats.out_objs += 1
-                x.stats.out_bytes += max(res.delivered, 0)
+        try:
+            for attempt in range(RETRY_TRANSIENT + 1):
+                try:
+                    return await self._transform_deliver(job, name, fqn, dst, dst_name, key, pipeline, local,
+                                                         owner, direct)
+                except EtlFailed as e:
+                    if attempt < RETRY_TRANSIENT and getattr(e, "transient", False):
+                        await asyncio.sleep(min(2**attempt, 5) * 0.1)
+                        continue
+                    raise
+        except AioetlError:
+            # the pod may have delivered it after all (a late reply, a broken connection):
+            # the owner decides, and refuses it from now on if it has not arrived
+            if direct and owner is not None and await self._settle_now(job, owner.url, key, revoke=True):
                 return
-            await self._deliver_bytes(job, dst, dst_name, res.data, local, owner)
+            raise
+
+    async def _transform_deliver(self, job: _Job, name: str, fqn: str, dst: str, dst_name: str, key: str,
+                                 pipeline: list[str], local: bool, owner: Any, direct: bool) -> None:
+        """One attempt: through the pod, then to the destination (see :meth:`_one`)."""
+        x, msg, inst = job.xact, job.msg, job.inst
+        assert inst is not None
+        etl_args = msg.etl_args
+        ws = job.ws
+        if ws is not None:
+            res = await ws.transform(name, fqn=fqn, etl_args=etl_args, pipeline=pipeline, direct=direct)
+            if res.data is not None:
+                await self._deliver_bytes(job, dst, dst_name, res.data, local, owner)
+                return
+            if res.delivered <= 0 and not ws.ids:
+                # aistore[etl] answers "0" for an empty object delivered and for a failed
+                # direct put alike: ask the owner now, and send it again if it is not there
+                if not await self._settle_now(job, owner.url, key, revoke=False):
+                    err = EtlFailed(f'ETL error: etl job "{inst.spec.name}": direct put of ais://{key} to '
+                                    f"{owner.url} reported as 0 bytes delivered, and it did not arrive", status=502)
+                    err.transient = True
+                    raise err
+                return
+            await self._claim(job, owner.url, key, name)
             return
         comm = inst.comm
         assert comm is not None
-        for attempt in range(RETRY_TRANSIENT + 1):
-            try:
-                resp = await comm.open(x.src_bck, name, fqn=fqn, pipeline=pipeline)
-                break
-            except EtlFailed as e:
-                if e.status == 503 and attempt < RETRY_TRANSIENT and getattr(e, "transient", False):
-                    await asyncio.sleep(min(2**attempt, 5) * 0.1)
-                    continue
-                raise
+        resp = await comm.open(x.src_bck, name, fqn=fqn, etl_args=etl_args, pipeline=pipeline)
         try:
             if resp.status == 204:
-                x.stats.out_objs += 1
-                x.stats.out_bytes += int(resp.headers.get("Ais-Direct-Put-Length", "0") or 0)
+                if not direct:
+                    raise EtlFailed(f'ETL error: etl job "{inst.spec.name}": pod answered 204 (delivered by direct '
+                                    f"put) for ais://{x.src_bck}/{name}, but no direct put was requested", status=502)
+                await self._claim(job, owner.url, key, name)
                 return
             if msg.dry_run:
                 n = 0
@@ -397,6 +457,63 @@ class OfflineJobs:
                             f"ais://{x.src_bck}/{name}: {e}", status=424) from e
         finally:
             resp.release()
+
+    # -- direct-put settlement (engine.receipts) -------------------------------------------
+    async def _claim(self, job: _Job, url: str, key: str, name: str) -> None:
+        """The pod says it delivered ``key`` to ``url``: settle later, in batches."""
+        claims = job.claims.setdefault(url, {})
+        claims[key] = name
+        if len(claims) >= SETTLE_BATCH:
+            await self._settle(job, url, job.claims.pop(url))
+
+    async def _settle_all(self, job: _Job) -> None:
+        """At the end of the job's work here: every claim confirmed or failed."""
+        while job.claims:
+            url, claims = job.claims.popitem()
+            await self._settle(job, url, claims)
+
+    async def _settle(self, job: _Job, url: str, claims: dict[str, str]) -> None:
+        """Count the claims ``url`` confirms as ``out``; fail the others (revoked there).
+
+        Raises:
+            AioetlError: some did not arrive, and the job does not continue on errors.
+        """
+        x = job.xact
+        try:
+            received, missing = await self._settle_call(url, x.xid, list(claims), revoke=True)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            received, missing = {}, list(claims)
+            why = f"could not be confirmed: target {url} unreachable ({type(e).__name__}: {e})"
+        else:
+            why = f"was reported delivered by the pod but never arrived at target {url}"
+        for size in received.values():
+            x.stats.out_objs += 1
+            x.stats.out_bytes += size
+        for key in missing:
+            x.add_obj_err(f"ais://{x.src_bck}/{claims[key]}", f"direct put of ais://{key} {why}", 502)
+        if missing and not job.msg.coer:
+            raise EtlFailed(f"direct put of ais://{missing[0]} {why}", status=502)
+
+    async def _settle_now(self, job: _Job, url: str, key: str, revoke: bool) -> bool:
+        """Settle one key at once; True (and counted ``out``) if it arrived."""
+        try:
+            received, _ = await self._settle_call(url, job.xact.xid, [key], revoke=revoke)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return False
+        if key not in received:
+            return False
+        job.xact.stats.out_objs += 1
+        job.xact.stats.out_bytes += received[key]
+        return True
+
+    async def _settle_call(self, url: str, xid: str, keys: list[str], revoke: bool) -> tuple[dict[str, int], list[str]]:
+        assert self.t.session is not None
+        async with self.t.session.post(f"{url}/v1/xactions/_settle", json={"id": xid, "keys": keys, "revoke": revoke},
+                                       timeout=aiohttp.ClientTimeout(total=60)) as r:
+            if r.status != 200:
+                raise ValueError(f"settle: HTTP {r.status}: {(await r.read())[:300]!r}")
+            doc = await r.json()
+        return {str(k): int(v) for k, v in doc["received"].items()}, [str(k) for k in doc["missing"]]
 
     async def _copy_one(self, job: _Job, name: str, fqn: str, size: int) -> None:
         """copy-bck / copy-listrange: the same destinations, no ETL; delete-listrange: remove."""

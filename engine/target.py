@@ -214,21 +214,33 @@ class Target:
         bck, obj = self._obj(request)
         if "object_to" in request.query:
             return await self.etl.copy_object(request, bck, obj)
-        md = await self.receive_object(request, bck, obj)
         xid = request.query.get("uuid", "")
+        md = await self.receive_object(request, bck, obj, xid=xid)
         if xid:
             self.count_in(xid, md.size)
         return web.Response(status=200)
 
-    async def receive_object(self, request: web.Request, bck: str, obj: str) -> LomMD:
+    async def receive_object(self, request: web.Request, bck: str, obj: str, *, xid: str = "",
+                             receipt: bool = False) -> LomMD:
         """Stream a request body into ``bck/obj``: work file, fsync, rename.
 
         Cancelling (client gone) removes the work file; nothing becomes visible.
 
+        Args:
+            xid: the job this object belongs to (``?uuid=``); an object of an aborted
+                job, or one its sender has already given up on, is refused
+                (:mod:`.receipts`).
+            receipt: keep a receipt for the sender to settle (direct puts).
+
         Raises:
             BadRequest: the body is shorter than its Content-Length.
+            Conflict: refused for job ``xid`` (409).
         """
         expected = request.content_length
+        key = f"{bck}/{obj}"
+        receipts = self.jobs.receipts
+        if xid:
+            receipts.check(xid, key)
         wf = self.store.open_work(bck, obj)
         try:
             if expected is not None and expected <= SMALL_OBJECT:
@@ -239,6 +251,8 @@ class Target:
                     wf.write(chunk)
             if expected is not None and wf.size != expected:
                 raise BadRequest(f"short body for \"ais://{bck}/{obj}\": got {wf.size} of {expected} bytes")
+            if xid:
+                return await receipts.commit(xid, key, wf.finalize, not wf.mpath.volatile, record=receipt)
             if wf.mpath.volatile:
                 return wf.finalize()  # tmpfs: fsync is free; a thread hop is not
             # fsync blocks on a disk: run it (and the rename) in a thread

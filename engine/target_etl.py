@@ -47,6 +47,8 @@ __all__ = ["EtlInstance", "EtlManager"]
 
 log = structlog.get_logger("aioetl.target.etl")
 
+INLINE_BUFFER_BYTES = 4 << 20  # inline replies up to this size are read whole before answering
+
 
 class Unauthorized(ClientError):
     status = 401
@@ -268,8 +270,7 @@ class EtlManager:
                 res = await comm.transform(obj, fqn=fqn, etl_args=etl_args, pipeline=pipeline)
                 inst.obj_count += 1
                 inst.in_bytes += md.size
-                if res.data is None:
-                    return web.Response(status=204)
+                assert res.data is not None  # "delivered" where no direct put was asked for is an error
                 inst.out_bytes += len(res.data)
                 return web.Response(body=res.data, content_type="application/octet-stream")
             resp = await comm.open(bck, obj, fqn=fqn, etl_args=etl_args, pipeline=pipeline)
@@ -279,47 +280,94 @@ class EtlManager:
         inst.obj_count += 1
         inst.in_bytes += md.size
         try:
-            if resp.status == 204:
-                return web.Response(status=204)
-            out = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})
-            if resp.content_length is not None:
-                out.content_length = resp.content_length
-            n = 0
-            started = False
-            try:
-                async for chunk in resp.content.iter_chunked(1 << 20):
-                    if not started:
-                        await out.prepare(request)
-                        started = True
-                    await out.write(chunk)
-                    n += len(chunk)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                err = EtlFailed(f'ETL error: etl job "{name}": pod failed mid-transform of {cname}: {e}', status=424)
-                inst.errors.add(cname, err.message, err.status)
-                if not started:
-                    raise err from e
-                raise  # headers are out: cut the response so the client sees a truncated body
-            if not started:
-                await out.prepare(request)
-            await out.write_eof()
-            inst.out_bytes += n
-            return out
+            return await self._relay(request, inst, resp, cname)
         finally:
             resp.release()
 
+    async def _relay(self, request: web.Request, inst: EtlInstance, resp: aiohttp.ClientResponse,
+                     cname: str) -> web.StreamResponse:
+        """Answer an inline GET with the pod's reply, all or nothing.
+
+        Up to :data:`INLINE_BUFFER_BYTES` the reply is read whole first, so a pod that
+        fails mid-body gets an honest error status (424). A larger one is streamed;
+        if it then breaks, the client connection is aborted, so the client sees a
+        cut transfer (Content-Length or chunked framing unmet), never a short or
+        padded body with 200.
+        """
+        name = inst.spec.name
+
+        def failed(e: BaseException) -> EtlFailed:
+            err = EtlFailed(f'ETL error: etl job "{name}": pod failed mid-transform of {cname}: '
+                            f"{type(e).__name__}: {e}", status=424)
+            inst.errors.add(cname, err.message, err.status)
+            return err
+
+        if resp.status == 204:
+            err = EtlFailed(f'ETL error: etl job "{name}": pod answered 204 (delivered by direct put) for '
+                            f"{cname}, but an inline transform asks for the bytes", status=502)
+            inst.errors.add(cname, err.message, err.status)
+            raise err
+        clen = resp.content_length
+        head: list[bytes] = []
+        n = 0
+        try:
+            while n <= INLINE_BUFFER_BYTES:
+                chunk = await resp.content.read(1 << 20)
+                if not chunk:
+                    break
+                head.append(chunk)
+                n += len(chunk)
+            else:
+                chunk = b"x"  # more to come: stream
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise failed(e) from e
+        if not chunk:  # the whole reply is in hand
+            if clen is not None and n != clen:
+                raise failed(ValueError(f"{n} bytes where Content-Length said {clen}"))
+            inst.out_bytes += n
+            return web.Response(body=b"".join(head), content_type="application/octet-stream")
+        out = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})
+        if clen is not None:
+            out.content_length = clen
+        await out.prepare(request)
+        try:
+            for chunk in head:
+                await out.write(chunk)
+            async for chunk in resp.content.iter_chunked(1 << 20):
+                await out.write(chunk)
+                n += len(chunk)
+            if clen is not None and n != clen:
+                raise ValueError(f"{n} bytes where Content-Length said {clen}")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            failed(e)
+            log.warning("inline transform failed after the reply started: client connection aborted",
+                        etl=name, obj=cname, error=str(e))
+            if request.transport is not None:
+                request.transport.abort()
+            return out
+        await out.write_eof()
+        inst.out_bytes += n
+        return out
+
     async def transform_bytes(self, inst: EtlInstance, bck: str, obj: str, etl_args: str,
-                              pipeline: list[str]) -> bytes | None:
-        """Transform one local object and return the bytes (None if the pod delivered it itself)."""
+                              pipeline: list[str]) -> bytes:
+        """Transform one local object and return the bytes.
+
+        Raises:
+            EtlFailed: the pod failed, or answered "delivered" (204) where the bytes were asked for.
+        """
         fqn = self.t.store.fqn(bck, obj)
         comm = inst.comm
         assert comm is not None
         if isinstance(comm, WsComm):
             res = await comm.transform(obj, fqn=fqn, etl_args=etl_args, pipeline=pipeline)
+            assert res.data is not None  # "delivered" without a direct put is an error (WsComm)
             return res.data
         resp = await comm.open(bck, obj, fqn=fqn, etl_args=etl_args, pipeline=pipeline)
         try:
             if resp.status == 204:
-                return None
+                raise EtlFailed(f'ETL error: etl job "{inst.spec.name}": pod answered 204 (delivered by direct '
+                                f"put) for ais://{bck}/{obj}, but no direct put was requested", status=502)
             try:
                 return await resp.read()
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
@@ -347,8 +395,6 @@ class EtlManager:
                 inst.errors.add(f"ais://{bck}/{obj}", e.message, e.status)
                 raise
             inst.obj_count += 1
-            if data is None:
-                return web.Response(status=204)
         else:
             data = await asyncio.get_running_loop().run_in_executor(None, self.t.store.read_bytes, bck, obj)
         await self.t.put_to_owner(dst_bck, dst_obj, data)
@@ -378,8 +424,8 @@ class EtlManager:
         if request.method == "HEAD":
             return await self.t.head_local(bck, obj)
         if request.method == "PUT":
-            md = await self.t.receive_object(request, bck, obj)
             xid = request.query.get("uuid", "")
+            md = await self.t.receive_object(request, bck, obj, xid=xid, receipt=bool(xid))
             if xid:
                 self.t.count_in(xid, md.size)
             return web.Response(status=200)
