@@ -9,10 +9,13 @@ Public REST subset (as the aistore SDK 1.26 and 2.x send it; see
   ``GET /v1/buckets/<b>`` ``list`` (msgpack ``LsoRes`` with paging)
 - ``* /v1/objects/<b>/<o>``: 307 to the target HRW picks (the same HRW the SDK
   computes client side)
+- ``GET /v1/reverse/daemon?what=node_status`` with ``Ais-Node-Id``: a target's
+  ``stats.NodeStatus`` (the SDK's ``cluster().get_performance()``)
 
 Intra-cluster: ``POST /v1/cluster/join`` (a target registers; the reply is
 the current smap and BMD, which are then pushed to every target with
-``PUT /v1/metasync``).
+``PUT /v1/metasync``). A target that (re)joins once the cluster runs gets every
+Running ETL initialized on it (``GatewayEtl.on_target_joined``).
 
 The BMD persists in ``<data>/gateway/bmd.json`` (write-to-temp, fsync, rename),
 so a restarted cluster has its buckets.
@@ -115,6 +118,7 @@ class Gateway:
         r.add_route("HEAD", "/v1/buckets/{bck}", self.bck_head)
         r.add_route("HEAD", "/v1/buckets/{bck}/{prefix:.*}", self.bck_head)
         r.add_route("*", "/v1/objects/{tail:.+}", self.redirect_object, expect_handler=self.expect_redirect)
+        r.add_route("GET", "/v1/reverse/daemon", self.reverse_daemon)
         self.etl.add_routes(app)
         self.jobs.add_routes(app)
         return app
@@ -148,8 +152,11 @@ class Gateway:
             meta = self._meta()
         # push to the others; the joiner gets it in the reply
         await self._metasync(meta, skip=node.daemon_id)
-        if self.etl._restart_pending and self._expected_joined():
-            self._bg.append(asyncio.ensure_future(self._restart_etls_soon()))
+        if self.etl.restart_pending:
+            if self._expected_joined():
+                self._bg.append(asyncio.ensure_future(self._restart_etls_soon()))
+        else:
+            self.etl.on_target_joined(node)  # a restarted target has no pods: start the Running ETLs there
         return json_response(meta)
 
     def _expected_joined(self) -> bool:
@@ -189,6 +196,97 @@ class Gateway:
             await asyncio.get_running_loop().run_in_executor(None, _atomic_write_json, self.bmd_path, self.bmd)
             meta = self._meta()
         await self._metasync(meta)
+
+    async def reverse_daemon(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/reverse/daemon?what=..`` with header ``Ais-Node-Id``: a node's own
+        answer through the gateway (AIStore ``ais/prxrev.go``), as the SDK's
+        ``cluster().get_performance()`` asks it (``what=node_status``).
+
+        ``node_status`` answers AIStore's ``stats.NodeStatus`` (``stats/api_wire.go``):
+        ``{"snode","tracker","capacity","status","deployment","ais_version","build_time",
+        "k8s_pod_name","cluster","sys_info","smap_version"}``; aioetl keeps no AIStore
+        metric counters, so ``tracker`` is empty; ``capacity`` has the target's
+        mountpaths (``fs.Tcdf``). Other ``what`` values go to the node's
+        ``/v1/daemon`` as they are.
+
+        Raises:
+            BadRequest: no ``Ais-Node-Id`` header.
+            NotFound: the node is not in the cluster map.
+            NodeUnavailable: the target does not answer.
+        """
+        node_id = request.headers.get("Ais-Node-Id", "")
+        what = request.query.get("what", "")
+        if not node_id:
+            raise BadRequest("reverse request without the Ais-Node-Id header")
+        if node_id == self.node_id:
+            if what == "node_status":
+                return json_response(self._node_status(self.smap.proxy, None))
+            return await self.daemon(request)
+        t = self.smap.targets.get(node_id)
+        if t is None:
+            from .errors import NotFound
+
+            raise NotFound(f"node {node_id} does not exist (not in the cluster map v{self.smap.version})")
+        assert self.session is not None
+        path = "/v1/daemon?what=" + ("capacity" if what == "node_status" else what)
+        try:
+            async with self.session.get(t.url + path, timeout=aiohttp.ClientTimeout(total=15)) as r:
+                body = await r.read()
+                if what != "node_status" or r.status != 200:
+                    return web.Response(status=r.status, body=body, content_type=r.content_type)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise NodeUnavailable(f"target {node_id} unreachable: {e!r}") from e
+        return json_response(self._node_status(t, json.loads(body).get("mountpaths") or []))
+
+    def _node_status(self, node: Any, mountpaths: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """AIStore's ``stats.NodeStatus`` JSON for ``node`` (see :meth:`reverse_daemon`)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ver = version("aioetl")
+        except PackageNotFoundError:
+            ver = "0"
+        mps: dict[str, Any] = {}
+        pcts = []
+        for m in mountpaths or []:
+            pcts.append(float(m.get("pct_used", 0)))
+            mps[str(m["mountpath"])] = {"cdf": {"used": int(m.get("used", 0)), "avail": int(m.get("avail", 0)),
+                                                "pct_used": float(m.get("pct_used", 0)), "fs": {}},
+                                        "disks": [], "label": ""}
+        load = os.getloadavg()
+        mem_total = mem_avail = 0
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    k, _, v = line.partition(":")
+                    if k == "MemTotal":
+                        mem_total = int(v.split()[0]) * 1024
+                    elif k == "MemAvailable":
+                        mem_avail = int(v.split()[0]) * 1024
+        except OSError:
+            pass
+        primary = self.smap.proxy
+        return {
+            "snode": node.to_json(),
+            "tracker": {},
+            "capacity": {"mountpaths": mps, "pct_max": max(pcts, default=0.0),
+                         "pct_avg": sum(pcts) / len(pcts) if pcts else 0.0,
+                         "pct_min": min(pcts, default=0.0), "cs_err": ""},
+            "status": "",
+            "deployment": "dev",
+            "ais_version": ver,
+            "build_time": "",
+            "k8s_pod_name": "",
+            "cluster": {"smap": {"primary": {"pub_url": primary.url, "control_url": primary.url, "id": primary.daemon_id},
+                                 "uuid": self.smap.uuid, "version": str(self.smap.version)},
+                        "bmd": {"uuid": self.smap.uuid, "version": str(self.bmd.get("version", 0))},
+                        "flags": 0},
+            "sys_info": {"mem_used": max(mem_total - mem_avail, 0), "mem_avail": mem_avail,
+                         "pct_mem_used": round(100.0 * (mem_total - mem_avail) / mem_total, 2) if mem_total else 0.0,
+                         "pct_cpu_used": 0.0, "load_avg": {"one": load[0], "five": load[1], "fifteen": load[2]},
+                         "cpu_util": 0},
+            "smap_version": str(self.smap.version),
+        }
 
     # -- buckets -----------------------------------------------------------
     def _bck(self, request: web.Request) -> str:

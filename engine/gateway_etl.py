@@ -12,7 +12,12 @@
 
 etlMD (``<data>/gateway/etlmd.json``) keeps each ETL's init message, stage,
 secret and xid. After a cluster restart, ETLs that were Running are started
-again once every target has joined.
+again once every target has joined (until then they read ``Aborted`` with the
+reason). A target that joins later, or rejoins after a restart of its own,
+gets every Running ETL initialized on it (the ETL reads ``Initializing`` at the
+gateway meanwhile; if that init fails, the ETL is aborted everywhere with the
+reason). ``GET /v1/etl`` never shows ``Running`` for an ETL a target has no pod
+of: it shows ``Initializing`` and starts the pod there.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ __all__ = ["GatewayEtl"]
 
 log = structlog.get_logger("aioetl.gateway.etl")
 
+RESTART_WAIT_REASON = "cluster restarted: the ETL starts again once every target has joined"
+JOINED_SETTLE_S = 0.5  # let a (re)joined target finish its start-up before its first init
+
 
 def new_secret() -> str:
     """10 random ASCII letters, as AIStore's ``cos.CryptoRandS(10)``."""
@@ -59,6 +67,10 @@ class GatewayEtl:
         self._restart_pending = {n for n, e in self.md.items() if e["stage"] in (STAGE_RUNNING, STAGE_INITIALIZING)}
         for n in self._restart_pending:
             self.md[n]["stage"] = STAGE_ABORTED
+            self.md[n]["error"] = RESTART_WAIT_REASON
+        self._restarting = False
+        self._target_inits: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._joining: dict[str, set[str]] = {}  # ETL -> targets whose join init runs
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
@@ -133,7 +145,13 @@ class GatewayEtl:
         e["stage"], e["error"] = STAGE_INITIALIZING, ""
         self._save()
         body = {"msg": e["msg"], "secret": e["secret"], "xid": e["xid"]}
-        res = await self._each_target("POST", "/v1/etl/_init", body=body, timeout_s=spec.init_timeout_s + 30)
+        try:
+            res = await self._each_target("POST", "/v1/etl/_init", body=body, timeout_s=spec.init_timeout_s + 30)
+        except BaseException as ex:  # cancelled (shutdown) or a bug: never leave it Initializing
+            if e.get("stage") == STAGE_INITIALIZING:
+                e["stage"], e["error"] = STAGE_ABORTED, f"init interrupted: {ex!r}"
+                self._save()
+            raise
         failed = [(t, st, b) for t, st, b in res if st != 200]
         if failed:
             await self._each_target("DELETE", f"/v1/etl/{name}")
@@ -161,17 +179,42 @@ class GatewayEtl:
         return web.Response(text=xid)
 
     async def h_list(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/etl``: ``[{"id","xaction_id","stage","obj_count","in_bytes","out_bytes"}]``.
+
+        ``stage`` is etlMD's, except for a Running ETL that some target lacks (it
+        restarted and has not got its pod yet): ``Initializing``, and the pod is
+        started there; or one whose pod a target reports dead: ``Aborted``.
+        """
         stats: dict[str, dict[str, int]] = {}
-        for _t, st, body in await self._each_target("GET", "/v1/etl", timeout_s=10):
-            if st == 200:
-                for i in json.loads(body):
-                    s = stats.setdefault(i["id"], {"obj_count": 0, "in_bytes": 0, "out_bytes": 0})
-                    for k in s:
-                        s[k] += int(i.get(k, 0))
+        lacking: dict[str, list[Snode]] = {}
+        dead: set[str] = set()
+        for t, st, body in await self._each_target("GET", "/v1/etl", timeout_s=10):
+            if st != 200:
+                continue
+            have = {}
+            for i in json.loads(body):
+                have[i["id"]] = i.get("stage", "")
+                s = stats.setdefault(i["id"], {"obj_count": 0, "in_bytes": 0, "out_bytes": 0})
+                for k in s:
+                    s[k] += int(i.get(k, 0))
+            for name, e in self.md.items():
+                if e["stage"] != STAGE_RUNNING:
+                    continue
+                if name not in have:
+                    lacking.setdefault(name, []).append(t)
+                elif have[name] != STAGE_RUNNING:
+                    dead.add(name)
         out = []
         for name, e in sorted(self.md.items()):
             s = stats.get(name, {"obj_count": 0, "in_bytes": 0, "out_bytes": 0})
-            out.append({"id": name, "xaction_id": e.get("xid", ""), "stage": e["stage"], **s})
+            stage = e["stage"]
+            if stage == STAGE_RUNNING and name in dead:
+                stage = STAGE_ABORTED
+            elif stage == STAGE_RUNNING and name in lacking:
+                stage = STAGE_INITIALIZING
+                for t in lacking[name]:
+                    self.init_on_target(name, t)
+            out.append({"id": name, "xaction_id": e.get("xid", ""), "stage": stage, **s})
         return json_response(out)
 
     async def h_view(self, request: web.Request) -> web.StreamResponse:
@@ -192,11 +235,11 @@ class GatewayEtl:
 
     async def _stop(self, name: str, reason: str = "") -> None:
         e = self.require(name)
-        await self._each_target("DELETE", f"/v1/etl/{name}")
-        e["stage"] = STAGE_ABORTED
+        e["stage"] = STAGE_ABORTED  # first: no (re)join init may start a pod from here on
         if reason:
             e["error"] = reason
         self._save()
+        await self._each_target("DELETE", f"/v1/etl/{name}")
         await self.gw.on_etl_stopped(name, reason or f'etl job "{name}" stopped')
 
     async def h_stop(self, request: web.Request) -> web.StreamResponse:
@@ -226,7 +269,7 @@ class GatewayEtl:
         """A target reports that its pod of ``name`` died: abort the ETL everywhere."""
         name = request.match_info["name"]
         doc = await read_json(request, required=False) or {}
-        if name in self.md and self.md[name]["stage"] == STAGE_RUNNING:
+        if name in self.md and self.md[name]["stage"] in (STAGE_RUNNING, STAGE_INITIALIZING):
             reason = str(doc.get("error") or f"pod of etl job {name} exited")
             log.warning("etl aborted: pod died", etl=name, reason=reason)
             await self._stop(name, reason)
@@ -260,10 +303,81 @@ class GatewayEtl:
         return await self._per_target(request, "metrics")
 
     async def restart_after_boot(self) -> None:
-        """Re-init ETLs that were Running before the cluster stopped (all targets joined)."""
-        for name in sorted(self._restart_pending):
-            try:
-                await self._run_init(name)
-            except Exception as e:  # noqa: BLE001 - recorded on the ETL
-                log.warning("etl restart failed", etl=name, err=str(e))
-        self._restart_pending.clear()
+        """Re-init ETLs that were Running before the cluster stopped (all targets joined).
+
+        Runs once: a second call while (or after) it runs does nothing. An ETL whose
+        init fails stays ``Aborted`` with the error (``_run_init``).
+        """
+        if self._restarting or not self._restart_pending:
+            return
+        self._restarting = True
+        names, self._restart_pending = sorted(self._restart_pending), set()
+        try:
+            for name in names:
+                if name not in self.md or self.md[name]["stage"] != STAGE_ABORTED:
+                    continue  # deleted, or started by hand meanwhile
+                try:
+                    await self._run_init(name)
+                except Exception as e:  # noqa: BLE001 - recorded on the ETL
+                    log.warning("etl restart failed", etl=name, err=str(e))
+        finally:
+            self._restarting = False
+
+    @property
+    def restart_pending(self) -> bool:
+        """True until the ETLs of a restarted cluster have been started again."""
+        return bool(self._restart_pending) or self._restarting
+
+    def on_target_joined(self, node: Snode) -> None:
+        """A target joined or rejoined (after a restart of its own, with no pods):
+        initialize every Running ETL on it, in the background."""
+        for name, e in self.md.items():
+            if e["stage"] == STAGE_RUNNING:
+                self.init_on_target(name, node, settle_s=JOINED_SETTLE_S)
+
+    def init_on_target(self, name: str, node: Snode, settle_s: float = 0.0) -> None:
+        """Start ``name``'s pod on ``node`` (one attempt in flight per ETL and target)."""
+        key = (name, node.daemon_id)
+        prev = self._target_inits.get(key)
+        if prev is not None and not prev.done():
+            return
+        fut = asyncio.ensure_future(self._init_on_target(name, node, settle_s))
+        self._target_inits[key] = fut
+        fut.add_done_callback(lambda _f, k=key: self._target_inits.pop(k, None) if self._target_inits.get(k) is _f else None)
+
+    async def _init_on_target(self, name: str, node: Snode, settle_s: float) -> None:
+        """``POST /v1/etl/_init`` on one target with the ETL's secret and xid; while any such
+        init runs the ETL reads ``Initializing``; if one fails the ETL is aborted everywhere."""
+        await asyncio.sleep(settle_s)
+        e = self.md.get(name)
+        joining = self._joining.setdefault(name, set())
+        if e is None or not (e["stage"] == STAGE_RUNNING or (e["stage"] == STAGE_INITIALIZING and joining)):
+            return
+        node = self.gw.smap.targets.get(node.daemon_id, node)  # the latest URL
+        xid = e["xid"]
+        spec = parse_init_msg(e["msg"])
+        joining.add(node.daemon_id)
+        e["stage"] = STAGE_INITIALIZING
+        self._save()
+        log.info("etl: starting the pod on a (re)joined target", etl=name, target=node.daemon_id)
+        body = {"msg": e["msg"], "secret": e["secret"], "xid": xid}
+        try:
+            res = await self._each_target("POST", "/v1/etl/_init", body=body, timeout_s=spec.init_timeout_s + 30,
+                                          targets=[node])
+        finally:
+            joining.discard(node.daemon_id)
+        _t, st, b = res[0]
+        if self.md.get(name) is not e or e["xid"] != xid or e["stage"] != STAGE_INITIALIZING:
+            # stopped, deleted or re-initialized meanwhile: undo this pod
+            await self._each_target("DELETE", f"/v1/etl/{name}", targets=[node])
+            return
+        if st != 200:
+            reason = f'etl job "{name}": init on target {node.daemon_id} (joined the cluster) failed: {self._err_text(b)}'
+            log.warning("etl init on a joined target failed", etl=name, target=node.daemon_id, status=st)
+            await self._stop(name, reason)
+            return
+        e.setdefault("pods", {})[node.daemon_id] = json.loads(b)
+        if not joining:
+            e["stage"], e["error"] = STAGE_RUNNING, ""
+        self._save()
+        log.info("etl pod started on target", etl=name, target=node.daemon_id, running=not joining)
