@@ -260,6 +260,35 @@ class LocalCluster:
             raise
         return self
 
+    def restart_target(self, node_id: str, *, kill: bool = True) -> NodeProc:
+        """Stop target ``node_id`` (SIGKILL when ``kill``, else SIGTERM) and start it again
+        alone, with the same id and mountpaths; return once it has rejoined.
+
+        For fault tests: the target comes back with no pods and no running xactions,
+        as after a crash; the gateway sees a re-join under the same id.
+
+        Raises:
+            ClusterError: ``node_id`` is not a target of this cluster, or it does not come back.
+        """
+        layout = self._layout()
+        spec = next((t for t in layout["targets"] if t["id"] == node_id), None)
+        old = next((t for t in self.targets if t.node_id == node_id), None)
+        if spec is None or old is None or self.gateway is None:
+            raise ClusterError(f"{node_id} is not a running target of this cluster")
+        if old.proc is not None and old.proc.poll() is None:
+            if kill:
+                old.proc.kill()
+            else:
+                old.proc.terminate()
+            old.proc.wait(timeout=30)
+        args = ["--gateway", self.gateway.url, "--host", self.host]
+        for mp in spec["mountpaths"]:
+            args += ["--mountpath", os.path.join(self.data_dir, mp)]
+        node = self._spawn(node_id, "target", args)
+        self.targets[self.targets.index(old)] = node
+        self._wait_ready(node, time.monotonic() + self.start_timeout_s)
+        return node
+
     def nodes(self) -> list[NodeProc]:
         return ([self.gateway] if self.gateway else []) + self.targets
 
