@@ -111,3 +111,87 @@ def test_hrw_owner_answers_others_redirect(sdk: Any, spread: tuple[Any, list[str
         assert 0.20 <= c / N_OBJECTS <= 0.47, f"target {tid} owns {c}"
     mism = [n for n, o in rows if smap.get_target_for_object(b.object(n).uname).daemon_id != o]
     assert not mism, f"SDK HRW disagrees with the targets for {mism[:3]}"
+
+
+# -- job listings and node performance (SDK cluster().list_jobs_status / list_running_jobs / get_performance)
+
+
+def _start_copy(sdk: Any, src: Any, dst_name: str) -> str:
+    """A plain copy-bck job (no ETL) over the ``spread`` bucket: the SDK's ``bucket.copy``."""
+    return src.copy(to_bck=sdk.bucket(dst_name))
+
+
+def test_list_jobs_status_lists_finished_jobs_as_aistore(sdk: Any, spread: tuple[Any, list[str]]) -> None:
+    b, _ = spread
+    job = _start_copy(sdk, b, f"cp-{os.getpid()}")
+    try:
+        assert sdk.job(job).wait(timeout=120).success
+        all_ = sdk.cluster().list_jobs_status()
+        mine = [s for s in all_ if s.uuid == job]
+        assert len(mine) == 1, [s.uuid for s in all_]
+        assert mine[0].end_time > 0 and not mine[0].aborted and mine[0].err == ""
+        assert [s.uuid for s in sdk.cluster().list_jobs_status(job_kind="copy-bck") if s.uuid == job] == [job]
+        assert not [s for s in sdk.cluster().list_jobs_status(job_kind="etl-bck") if s.uuid == job]
+        tid = next(iter(sdk.cluster().get_info().tmap))
+        assert [s.uuid for s in sdk.cluster().list_jobs_status(target_id=tid) if s.uuid == job] == [job]
+        assert all(s.uuid != job for s in sdk.cluster().list_running_jobs())
+    finally:
+        sdk.bucket(f"cp-{os.getpid()}").delete(missing_ok=True)
+
+
+def _slow_class() -> Any:
+    """An ``aistore[etl]`` ETL server class taking 50 ms per object (sent by value)."""
+    import sys
+    import time
+
+    import cloudpickle
+    from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+    class SlowCopy(FastAPIServer):
+        def transform(self, data: bytes, path: str, etl_args: str) -> bytes:
+            time.sleep(0.05)
+            return data
+
+    return SlowCopy
+
+
+def test_list_running_jobs_names_kind_and_id(sdk: Any, endpoint: str) -> None:
+    name = f"run-list-{os.getpid() % 100000}"
+    b = sdk.bucket(f"rl-src-{os.getpid()}").create(exist_ok=True)
+    dst = sdk.bucket(f"rl-dst-{os.getpid()}")
+    try:
+        for i in range(60):
+            b.object(f"o{i}").get_writer().put_content(b"x" * 100)
+        sdk.etl(name).init_class()(_slow_class())
+        job = b.transform(etl_name=name, to_bck=dst, num_workers=1)
+        running = sdk.cluster().list_running_jobs()
+        assert f"etl-bck[{job}]" in running, running
+        assert f"etl-bck[{job}]" in sdk.cluster().list_running_jobs(job_kind="etl-bck")
+        assert not [r for r in sdk.cluster().list_running_jobs(job_kind="copy-bck") if job in r]
+        assert [s.uuid for s in sdk.cluster().list_jobs_status() if s.uuid == job] == [job]
+        sdk.job(job).abort()
+        sdk.job(job).wait(timeout=60)
+        st = [s for s in sdk.cluster().list_jobs_status() if s.uuid == job]
+        assert st and st[0].aborted
+    finally:
+        try:
+            sdk.etl(name).delete()
+        except Exception:  # noqa: BLE001
+            pass
+        dst.delete(missing_ok=True)
+        b.delete(missing_ok=True)
+
+
+def test_get_performance_answers_per_target(sdk: Any, cluster: Any) -> None:
+    perf = sdk.cluster().get_performance()
+    tmap = sdk.cluster().get_info().tmap
+    assert set(perf) == set(tmap)
+    for tid, doc in perf.items():
+        assert doc["snode"]["daemon_id"] == tid
+        assert doc["snode"]["public_net"]["direct_url"] == tmap[tid].public_net.direct_url
+        mps = doc["capacity"]["mountpaths"]
+        assert mps and all(m["cdf"]["avail"] > 0 for m in mps.values())
+        assert all(os.path.commonpath([p, cluster.data_dir]) == cluster.data_dir for p in mps)
+        assert int(doc["smap_version"]) >= 1 and "sys_info" in doc and "tracker" in doc
