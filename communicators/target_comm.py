@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import structlog
 
 from engine.errors import AioetlError, BadRequest, ClientError
 
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 MAX_ERR_BODY = 64 * 1024
+log = structlog.get_logger("aioetl.comm")
 
 
 class EtlFailed(ClientError):
@@ -353,9 +355,9 @@ class WsComm(_Comm):
       the reply echoes it (``communicators.wire``); requests are pipelined over
       ``n_conns`` connections (with ``conns_per_process``: at most that many per pod
       process: fewer, deeper pipelines, whose replies the pod sends several per write).
-      A missing reply times out its own object; a late one is dropped; a reply with an
-      id never sent, a TEXT frame or a malformed frame closes the connection and fails
-      the requests in flight on it.
+      A missing reply times out its own object; a late, repeated or unknown id is
+      dropped (logged); a TEXT frame or a malformed frame, which names no request,
+      closes the connection and fails the requests in flight on it.
     - Any other pod (AIStore's order-based protocol, ``ext/etl/websocket_comm.go``):
       one request in flight per connection, at least :data:`WS_ORDER_CONNS`
       connections, so a reply provably belongs to the one request. A timeout, an
@@ -415,11 +417,12 @@ class WsComm(_Comm):
                         break
                     req = c.pending.pop(rid, None)
                     if req is None:
-                        if rid in c.expired:  # the late reply of a timed-out request: dropped
-                            del c.expired[rid]
-                            continue
-                        err = self._anomaly(f"a reply to request id {rid}, which is not in flight")
-                        break
+                        # late (timed out), repeated, or never sent: attributed to nothing, and
+                        # the other requests on this connection are not affected
+                        log.warning("ws reply dropped: its request is not in flight", etl=self.etl,
+                                    pod=self.pod_url, id=rid, late=rid in c.expired)
+                        c.expired.pop(rid, None)
+                        continue
                     if not req.fut.done():
                         req.fut.set_result(_classify_framed(kind, payload, req.direct))
                     continue

@@ -165,7 +165,7 @@ class OfflineJobs:
                 self.receipts.abort(job.xact.xid, err)
                 if job.task is not None:
                     job.task.cancel()
-        if xid and xid not in self.jobs:  # not started here (yet): refuse its objects all the same
+        if xid:  # finished here, or not started here (yet): refuse its late objects all the same
             self.receipts.abort(xid, err)
         return n
 
