@@ -410,9 +410,13 @@ class GatewayJobs:
                 lost.append(t.daemon_id)
         if job is not None:
             lost += [tid for tid in job["targets"] if tid not in self.gw.smap.targets]
-        if (lost or missing) and job is not None and not job.get("lost_handled"):
+        # a target's share that ended aborted (e.g. its record says it restarted) aborts the rest
+        # too; a target's own first error already does that through h_abort_from_target
+        restarted = [s["abort-err"] for tid in mine for s in out.get(tid, [])
+                     if started and s.get("aborted") and "restarted while the job was running" in str(s.get("abort-err"))]
+        if (lost or missing or restarted) and job is not None and not job.get("lost_handled"):
             job["lost_handled"] = True
-            err = missing_reason(xid, missing[0]) if missing else lost_reason(xid, lost)
+            err = missing_reason(xid, missing[0]) if missing else lost_reason(xid, lost) if lost else restarted[0]
             log.warning("aborting job: target lost or restarted", xid=xid, lost=lost, missing=missing)
             await self._each("POST", "/v1/xactions/_abort", {"id": xid, "err": err}, timeout_s=5)
         return out, lost, missing
