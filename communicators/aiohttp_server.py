@@ -25,7 +25,7 @@ from typing import Callable
 
 from aiohttp import WSMsgType, web
 
-from .const import (HEADER_NODE_URL, HEADER_WORKER, HEALTH_BODY, HEALTH_PATH, QPARAM_ETL_ARGS, QPARAM_ETL_FQN,
+from .const import (HEADER_NODE_URL, HEADER_WORKER, HEADER_WS_IDS, HEALTH_BODY, HEALTH_PATH, QPARAM_ETL_ARGS, QPARAM_ETL_FQN,
                     WS_REPLIES_PER_SEND, WS_ROUTE)
 from .cork import cork_ws
 from .server import ETLServer, PodConfig, PodRequest
@@ -102,6 +102,7 @@ def make_handler(server: ETLServer) -> Callable[[web.BaseRequest], "asyncio.Futu
             if path == WS_ROUTE and request.headers.get("Upgrade", "").lower() == "websocket":
                 ws = web.WebSocketResponse(max_msg_size=0, autoping=True, heartbeat=None, compress=False)
                 ws.headers[HEADER_WORKER] = worker
+                ws.headers[HEADER_WS_IDS] = "1"
                 await ws.prepare(request)
                 cork_ws(ws, WS_REPLIES_PER_SEND)
                 try:

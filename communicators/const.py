@@ -28,6 +28,7 @@ __all__ = [
     "HEADER_ETL_RETRY_REASON",
     "HEADER_NODE_URL",
     "HEADER_WORKER",
+    "HEADER_WS_IDS",
     "WS_REPLIES_PER_SEND",
     "HEALTH_BODY",
     "HEALTH_PATH",
@@ -56,6 +57,9 @@ HEADER_AUTHORIZATION = "Authorization"
 # NUM_WORKERS process that accepted the connection, so the target can spread its ws
 # connections evenly (SO_REUSEPORT hashes connections to processes at random)
 HEADER_WORKER = "Aioetl-Worker"
+# aioetl extension, on the ws handshake reply of our pods: "1" = this pod echoes request ids
+# in framed replies (communicators.wire), so the target attributes replies by id
+HEADER_WS_IDS = "Aioetl-Ws-Ids"
 # our pods send the replies to ws requests that arrived together in one write, at most this
 # many per write (communicators.cork): the target handles them in one wakeup. Thumbnail job,
 # 1,000 PNGs, 4 rounds interleaved: the target's CPU went from 0.285 to 0.215 ms per object.

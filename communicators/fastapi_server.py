@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocketDisconnect
 
-from .const import HEADER_NODE_URL, HEADER_WORKER, HEALTH_BODY, HEALTH_PATH, MAX_WS_MSG_BYTES, QPARAM_ETL_ARGS, QPARAM_ETL_FQN, WS_ROUTE
+from .const import HEADER_NODE_URL, HEADER_WS_IDS, HEALTH_BODY, HEALTH_PATH, MAX_WS_MSG_BYTES, QPARAM_ETL_ARGS, QPARAM_ETL_FQN, WS_ROUTE
 from .server import ETLServer, PodConfig, PodRequest
 
 __all__ = ["FastAPIServer", "uvicorn_settings"]
@@ -139,9 +139,9 @@ class FastAPIServer(ETLServer):
                             media_type=reply.content_type)
 
         async def ws_route(websocket: WebSocket) -> None:
-            # name the accepting process, as the aiohttp server does: the target then sends
-            # request ids (communicators.wire) and spreads its connections over processes
-            await websocket.accept(headers=[(HEADER_WORKER.lower().encode(), ("%d/%d" % server.worker).encode())])
+            # this pod echoes request ids (communicators.wire); unlike the aiohttp server it
+            # cannot name its process (uvicorn workers do not know their index)
+            await websocket.accept(headers=[(HEADER_WS_IDS.lower().encode(), b"1")])
             try:
                 await server.serve_ws(_Ws(websocket))
             finally:

@@ -41,7 +41,7 @@ import structlog
 
 from engine.errors import AioetlError, BadRequest, ClientError
 
-from .const import HEADER_WORKER
+from .const import HEADER_WORKER, HEADER_WS_IDS
 from .cork import cork_ws
 from .wire import WS_KIND_DATA, WS_KIND_DELIVERED, WS_KIND_ERROR, WsProtocolError, parse_ws_frame
 
@@ -267,10 +267,15 @@ def _expire(fut: "asyncio.Future[Any]") -> None:
         fut.set_result(_EXPIRED)
 
 
+def _pod_header(ws: aiohttp.ClientWebSocketResponse, name: str) -> str:
+    """A header of the pod's ws handshake reply ("" when absent)."""
+    resp = getattr(ws, "_response", None)
+    return resp.headers.get(name, "") if resp is not None else ""
+
+
 def _pod_worker(ws: aiohttp.ClientWebSocketResponse) -> tuple[int, int] | None:
     """``(index, count)`` from our pods' ``Aioetl-Worker`` handshake header; None when absent."""
-    resp = getattr(ws, "_response", None)
-    value = resp.headers.get(HEADER_WORKER, "") if resp is not None else ""
+    value = _pod_header(ws, HEADER_WORKER)
     try:
         i, n = (int(v) for v in value.split("/"))
     except ValueError:
@@ -335,7 +340,7 @@ class _WsConn:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
         self.worker = _pod_worker(ws)
-        self.ids = self.worker is not None  # our pods echo request ids (communicators.wire)
+        self.ids = _pod_header(ws, HEADER_WS_IDS) == "1"  # our pods echo request ids (communicators.wire)
         self.pending: dict[int, _Req] = {}
         self.expired: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.send_lock = asyncio.Lock()
@@ -351,7 +356,7 @@ class _WsConn:
 class WsComm(_Comm):
     """``ws://``: persistent connections to the pod, replies attributed by proof.
 
-    - Our pods (``Aioetl-Worker`` handshake header): every request carries an id and
+    - Our pods (``Aioetl-Ws-Ids: 1`` handshake header): every request carries an id and
       the reply echoes it (``communicators.wire``); requests are pipelined over
       ``n_conns`` connections (with ``conns_per_process``: at most that many per pod
       process: fewer, deeper pipelines, whose replies the pod sends several per write).

@@ -21,8 +21,8 @@ counts as success and transform errors are lost):
 
 Request ids (aioetl extension): AIStore matches ws replies to requests by order
 alone (``ext/etl/websocket_comm.go``), so a pod that skips or adds one reply shifts
-every later reply onto the wrong object. A target talking to our pods (they name
-themselves with the ``Aioetl-Worker`` handshake header) puts an integer ``id`` in
+every later reply onto the wrong object. A target talking to our pods (they answer
+the ws handshake with ``Aioetl-Ws-Ids: 1``) puts an integer ``id`` in
 each control frame; our pods then answer every request with one BINARY frame
 that starts with the 9-byte header ``>QB`` (the id, the reply kind) and carries
 the reply above as payload (:func:`frame_ws_reply`, :func:`parse_ws_frame`):

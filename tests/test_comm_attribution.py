@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from communicators.const import HEADER_WORKER
+from communicators.const import HEADER_WS_IDS
 from communicators.target_comm import HpushComm, WsComm
 from communicators.wire import WsControl, frame_ws_reply
 from engine.errors import AioetlError, Conflict
@@ -34,7 +34,7 @@ async def _scripted_pod(ids: bool) -> tuple[web.AppRunner, str, dict[str, int]]:
     async def ws_handler(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=0)
         if ids:
-            ws.headers[HEADER_WORKER] = "0/1"
+            ws.headers[HEADER_WS_IDS] = "1"
         await ws.prepare(request)
         lock = asyncio.Lock()
 

@@ -422,6 +422,28 @@ def test_ws_errors_are_text_json_errors(pods: dict[str, Pod], name: str) -> None
     assert isinstance(r4, bytes) and r4.endswith(b"ok||FINE")
 
 
+@pytest.mark.parametrize("name", ["buffered", "fastapi"])
+def test_ws_request_ids_are_echoed_in_framed_replies(pods: dict[str, Pod], name: str) -> None:
+    """Both of our servers announce ``Aioetl-Ws-Ids: 1`` and answer a request that
+    carries an id with one BINARY frame: id, kind, payload (communicators.wire)."""
+    from communicators.wire import WS_KIND_DATA, WS_KIND_ERROR, parse_ws_frame
+
+    with _ws(pods[name]) as ws:
+        assert ws.response.headers.get("Aioetl-Ws-Ids") == "1"
+        ws.send(json.dumps({"path": "a", "id": 41}).encode())
+        ws.send(b"x")
+        ws.send(json.dumps({"path": "o", "etl_args": "raise", "id": 7}).encode())
+        ws.send(b"x")
+        ws.send(json.dumps({"path": "b", "id": 2**63}).encode())
+        ws.send(b"y")
+        frames = [ws.recv(timeout=10) for _ in range(3)]
+    assert all(isinstance(f, bytes) for f in frames)
+    (i1, k1, p1), (i2, k2, p2), (i3, k3, p3) = (parse_ws_frame(f) for f in frames)  # type: ignore[arg-type]
+    assert (i1, k1) == (41, WS_KIND_DATA) and p1.endswith(b"a||X")
+    assert (i2, k2) == (7, WS_KIND_ERROR) and parse_ws_error(p2.decode())[1] == 500
+    assert (i3, k3) == (2**63, WS_KIND_DATA) and p3.endswith(b"b||Y")
+
+
 def test_transform_error_is_500_with_text(pods: dict[str, Pod]) -> None:
     r = requests.put(pods["buffered"].url + "/b/o", params={"etl_args": "raise"}, data=b"x", timeout=10)
     assert r.status_code == 500 and "boom" in r.text
