@@ -326,7 +326,7 @@ async def handle_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
             body = await _read_body(reader, headers)
             keep = await handle_http(method, target, headers, body, writer)
             await writer.drain()
-            if not keep:
+            if not keep or headers.get("connection", "").lower() == "close":
                 return
     except (ConnectionError, asyncio.IncompleteReadError, ValueError):
         pass
