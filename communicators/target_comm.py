@@ -140,9 +140,9 @@ class _Comm:
         self.obj_timeout_s = obj_timeout_s
         self.session = session
 
-    def _timeout(self, what: str) -> BadRequest:
+    def _timeout(self, what: str, timeout_s: float | None = None) -> BadRequest:
         return BadRequest(f'etl job "{self.etl}": timeout: {what} took longer than obj_timeout '
-                          f"({self.obj_timeout_s:g}s) (Client.Timeout exceeded)")
+                          f"({timeout_s or self.obj_timeout_s:g}s) (Client.Timeout exceeded)")
 
     def _unreachable(self, e: Exception) -> EtlFailed:
         return EtlFailed(f'ETL error: etl job "{self.etl}": pod at {self.pod_url} unreachable or died: {e}', status=424)
@@ -166,8 +166,10 @@ class HpushComm(_Comm):
         return url, params, headers
 
     async def open(self, bck: str, obj: str, *, fqn: str | None, body: Any = None, etl_args: str = "",
-                   pipeline: list[str] | None = None, size: int | None = None) -> aiohttp.ClientResponse:
+                   pipeline: list[str] | None = None, size: int | None = None,
+                   timeout_s: float | None = None) -> aiohttp.ClientResponse:
         """Send one object; returns the pod's (successful) response, body unread.
+        ``timeout_s`` overrides ``obj_timeout`` (a job's ``request_timeout``).
 
         Raises:
             EtlFailed: pod error status or pod unreachable.
@@ -179,10 +181,10 @@ class HpushComm(_Comm):
             body = b""
         elif size is not None:
             headers["Content-Length"] = str(size)
-        return await self._send("PUT", url, params, headers, body, f"{bck}/{obj}")
+        return await self._send("PUT", url, params, headers, body, f"{bck}/{obj}", timeout_s)
 
     async def _send(self, method: str, url: str, params: dict[str, str], headers: dict[str, str],
-                    body: Any, what: str) -> aiohttp.ClientResponse:
+                    body: Any, what: str, timeout_s: float | None = None) -> aiohttp.ClientResponse:
         """One request to the pod under ``obj_timeout``; pod errors mapped (module docstring).
 
         A request that fails before any reply on a pooled connection (the pod closed it,
@@ -195,10 +197,10 @@ class HpushComm(_Comm):
         for attempt in range(2):
             try:
                 resp = await self.session.request(method, url, params=params, data=body, headers=headers,
-                                                  timeout=aiohttp.ClientTimeout(total=self.obj_timeout_s))
+                                                  timeout=aiohttp.ClientTimeout(total=timeout_s or self.obj_timeout_s))
                 break
             except asyncio.TimeoutError:
-                raise self._timeout(f'transform of "{what}"') from None
+                raise self._timeout(f'transform of "{what}"', timeout_s) from None
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientResponseError) as e:
                 if attempt == 0 and replayable:
                     continue
@@ -241,7 +243,8 @@ class HpullComm(HpushComm):
         return f"{self.pod_url}/{quote(uname, safe='@')}" + ("?" + "&".join(q) if q else "")
 
     async def open(self, bck: str, obj: str, *, fqn: str | None, body: Any = None, etl_args: str = "",
-                   pipeline: list[str] | None = None, size: int | None = None) -> aiohttp.ClientResponse:
+                   pipeline: list[str] | None = None, size: int | None = None,
+                   timeout_s: float | None = None) -> aiohttp.ClientResponse:
         uname = f"ais/@#/{bck}/{obj}"
         url = f"{self.pod_url}/{quote(uname, safe='@')}"
         params: dict[str, str] = {}
@@ -250,7 +253,7 @@ class HpullComm(HpushComm):
         if etl_args:
             params["etl_args"] = etl_args
         headers = {"Ais-Node-Url": ",".join(pipeline)} if pipeline else {}
-        return await self._send("GET", url, params, headers, None, f"{bck}/{obj}")
+        return await self._send("GET", url, params, headers, None, f"{bck}/{obj}", timeout_s)
 
 
 BALANCE_REDIALS = 8  # per connection, see WsComm._dial_balanced

@@ -42,6 +42,7 @@ from aiohttp import web
 
 from communicators.target_comm import EtlFailed, WsComm
 from xactions.queue import ByteQueue, QueueClosed
+from xactions.records import JobRecords
 from xactions.tcb import DELETE_LISTRANGE, LISTRANGE_KINDS, TcbMsg, expand_template
 from xactions.xact import State, Xaction
 
@@ -106,6 +107,11 @@ class OfflineJobs:
         self.t = target
         self.jobs: dict[str, _Job] = {}
         self.receipts = Receipts()  # the receive side of every job's direct puts here
+        # every job's last snapshot and message, kept across restarts (xactions.records);
+        # jobs that were running when this target died come back aborted, naming it
+        self.records = JobRecords(self.t.cfg.data_dir or "/tmp", self.t.node_id,
+                                  fsync=not all(mp.volatile for mp in self.t.store.mountpaths))
+        self.restored: dict[str, dict[str, Any]] = {x: r.snap for x, r in self.records.load_all().items()}
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -134,13 +140,20 @@ class OfflineJobs:
         inst = self.t.etl.get(msg.etl_name) if msg.etl_name else None  # none: a plain copy
         self.t.etl.pipeline_urls(msg.pipeline)  # 404 if a stage is missing here
         self._gc()
-        if xid in self.jobs:
+        if xid in self.jobs or xid in self.restored:
             raise BadRequest(f"job {xid} already exists on {self.t.node_id}")
         xact = Xaction(xid=xid, kind=kind, node_id=self.t.node_id, src_bck=src, dst_bck=dst,
                        ctlmsg=f"{'etl:' + msg.etl_name if msg.etl_name else 'copy'} {src}->{dst}",
                        report_path=self.report_path(xid))
         job = _Job(xact, msg, inst)
         self.jobs[xid] = job
+
+        def record(x: Xaction, wire: Any = doc["msg"]) -> None:
+            with contextlib.suppress(OSError, ValueError):  # runs inside transition(): never raise
+                self.records.save(x.snap(), wire)
+
+        record(xact)
+        xact.on_done(record)
         job.task = asyncio.ensure_future(self._run(job))
         return json_response({"id": xid, "target_id": self.t.node_id})
 
@@ -187,6 +200,8 @@ class OfflineJobs:
         xid, kind = request.query.get("id", ""), request.query.get("kind", "")
         snaps = [j.xact.snap() for j in self.jobs.values()
                  if (not xid or j.xact.xid == xid) and (not kind or j.xact.kind == kind)]
+        snaps += [s for x, s in self.restored.items()  # jobs of an earlier run of this target
+                  if x not in self.jobs and (not xid or x == xid) and (not kind or s.get("kind") == kind)]
         return json_response(snaps)
 
     async def h_errors(self, request: web.Request) -> web.StreamResponse:
@@ -227,7 +242,7 @@ class OfflineJobs:
         try:
             if ws_job:
                 assert job.inst is not None and job.inst.pod is not None and self.t.etl.pod_session is not None
-                job.ws = WsComm(job.inst.spec.name, job.inst.pod.url, job.inst.spec.obj_timeout_s,
+                job.ws = WsComm(job.inst.spec.name, job.inst.pod.url, msg.obj_timeout_s(job.inst.spec.obj_timeout_s),
                                 self.t.etl.pod_session, n_conns=WS_CONNS_PER_JOB,
                                 conns_per_process=WS_CONNS_PER_POD_PROCESS)
             async with asyncio.TaskGroup() as tg:
@@ -418,7 +433,8 @@ class OfflineJobs:
             return
         comm = inst.comm
         assert comm is not None
-        resp = await comm.open(x.src_bck, name, fqn=fqn, etl_args=etl_args, pipeline=pipeline)
+        resp = await comm.open(x.src_bck, name, fqn=fqn, etl_args=etl_args, pipeline=pipeline,
+                               timeout_s=msg.obj_timeout_s(inst.spec.obj_timeout_s))
         try:
             if resp.status == 204:
                 if not direct:

@@ -252,14 +252,14 @@ def test_receipts_settle_waits_for_a_commit_in_progress() -> None:
     asyncio.run(run())
 
 
-def test_settle_route_refuses_bad_bodies() -> None:
+def test_settle_route_refuses_bad_bodies(tmp_path: Any) -> None:
     """The settle body shape is checked (400), not trusted."""
+    from types import SimpleNamespace as NS
+
     from engine.offline import OfflineJobs
 
-    class _T:
-        pass
-
-    jobs = OfflineJobs(_T())  # type: ignore[arg-type]
+    stand_in = NS(cfg=NS(data_dir=str(tmp_path)), node_id="t1", store=NS(mountpaths=[NS(volatile=True)]))
+    jobs = OfflineJobs(stand_in)  # type: ignore[arg-type]
 
     async def run() -> list[int]:
         app = web.Application()
