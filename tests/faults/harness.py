@@ -258,12 +258,13 @@ def wait_job(client: Any, job_id: str, timeout_s: float = 90) -> tuple[bool, boo
 
 
 def run_offline(t: Tally, client: Any, endpoint: str, etl_name: str, src: Any, objs: dict[str, bytes], *,
-                cont_on_err: bool = True, settle_s: float = 0.0) -> list[str]:
+                cont_on_err: bool = True, settle_s: float = 0.0, num_workers: int = 0) -> list[str]:
     """Transform ``src`` into a fresh bucket, classify, and return the job-level problems
     (the object-level ones are in ``t``)."""
     dst_name = f"fdst-{uid()}"
     problems: list[str] = []
-    job = src.transform(etl_name=etl_name, to_bck=client.bucket(dst_name), cont_on_err=cont_on_err)
+    job = src.transform(etl_name=etl_name, to_bck=client.bucket(dst_name), cont_on_err=cont_on_err,
+                        num_workers=num_workers)
     try:
         success, aborted, err = wait_job(client, job)
     except Exception as e:  # noqa: BLE001 - the SDK's timeout/404 are the finding

@@ -115,6 +115,9 @@ def test_fault_case(clusters: Any, case: Case) -> None:
     strict = (case.pod == "ours" or (case.pod == "ais" and case.comm != "ws")) and case.mode not in ("sleep", "hang")
     abort_ok = case.mode == "die"
     settle = HANG_S + 1.5 if slow else 0.0
+    # an extra reply on a kept-alive HTTP connection harms the next request on it: one at a
+    # time, so that the next request surely reuses that connection (deterministic, not lucky)
+    serial = case.mode == "two" and case.comm != "ws"
     failures: list[str] = []
     names: list[str] = []
 
@@ -129,7 +132,7 @@ def test_fault_case(clusters: Any, case: Case) -> None:
         etl = fresh_etl()
         if "inline" in case.phases:
             t = Tally(f"inline  {case.id}")
-            run_inline(t, cluster.endpoint, src_name, etl, objs)
+            run_inline(t, cluster.endpoint, src_name, etl, objs, threads=1 if serial else 8)
             v = t.violations(strict=strict, abort_ok=abort_ok)
             t.record(v)
             if v:
@@ -138,7 +141,8 @@ def test_fault_case(clusters: Any, case: Case) -> None:
                 etl = fresh_etl()  # a dead pod, or one still busy with late answers
         if "offline" in case.phases:
             t = Tally(f"offline {case.id}")
-            problems = run_offline(t, client, cluster.endpoint, etl, src, objs, settle_s=settle)
+            problems = run_offline(t, client, cluster.endpoint, etl, src, objs, settle_s=settle,
+                                   num_workers=1 if serial else 0)
             v = t.violations(strict=strict, abort_ok=abort_ok) + problems
             t.record(v)
             if v:
