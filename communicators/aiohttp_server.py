@@ -25,8 +25,8 @@ from typing import Callable
 
 from aiohttp import WSMsgType, web
 
-from .const import (HEADER_NODE_URL, HEADER_WORKER, HEADER_WS_IDS, HEALTH_BODY, HEALTH_PATH, QPARAM_ETL_ARGS, QPARAM_ETL_FQN,
-                    WS_REPLIES_PER_SEND, WS_ROUTE)
+from .const import (HEADER_NODE_URL, HEADER_REQ_ID, HEADER_WORKER, HEADER_WS_IDS, HEALTH_BODY, HEALTH_PATH,
+                    QPARAM_ETL_ARGS, QPARAM_ETL_FQN, WS_REPLIES_PER_SEND, WS_ROUTE)
 from .cork import cork_ws
 from .server import ETLServer, PodConfig, PodRequest
 
@@ -125,6 +125,9 @@ def make_handler(server: ETLServer) -> Callable[[web.BaseRequest], "asyncio.Futu
             body=_Body(request),
         )
         reply = await server.handle_http(req)
+        rid = request.headers.get(HEADER_REQ_ID)
+        if rid is not None:  # echoed: the target attributes this reply by it
+            reply.headers[HEADER_REQ_ID] = rid
         if reply.stream is None:
             return web.Response(status=reply.status, body=reply.body, headers=reply.headers,
                                 content_type=reply.content_type)

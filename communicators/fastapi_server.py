@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocketDisconnect
 
-from .const import HEADER_NODE_URL, HEADER_WS_IDS, HEALTH_BODY, HEALTH_PATH, MAX_WS_MSG_BYTES, QPARAM_ETL_ARGS, QPARAM_ETL_FQN, WS_ROUTE
+from .const import (HEADER_NODE_URL, HEADER_REQ_ID, HEADER_WS_IDS, HEALTH_BODY, HEALTH_PATH, MAX_WS_MSG_BYTES,
+                    QPARAM_ETL_ARGS, QPARAM_ETL_FQN, WS_ROUTE)
 from .server import ETLServer, PodConfig, PodRequest
 
 __all__ = ["FastAPIServer", "uvicorn_settings"]
@@ -129,6 +130,9 @@ class FastAPIServer(ETLServer):
                 body=_Body(request),
             )
             reply = await server.handle_http(req)
+            rid = request.headers.get(HEADER_REQ_ID)
+            if rid is not None:  # echoed: the target attributes this reply by it
+                reply.headers[HEADER_REQ_ID] = rid
             if reply.stream is not None:
                 return StreamingResponse(reply.stream, status_code=reply.status, headers=reply.headers,
                                          media_type=reply.content_type)

@@ -41,7 +41,7 @@ import structlog
 
 from engine.errors import AioetlError, BadRequest, ClientError
 
-from .const import HEADER_WORKER, HEADER_WS_IDS
+from .const import HEADER_REQ_ID, HEADER_WORKER, HEADER_WS_IDS
 from .cork import cork_ws
 from .wire import WS_KIND_DATA, WS_KIND_DELIVERED, WS_KIND_ERROR, WsProtocolError, parse_ws_frame
 
@@ -152,7 +152,35 @@ class _Comm:
 
 
 class HpushComm(_Comm):
-    """``hpush://``: PUT to the pod, pooled keep-alive connections."""
+    """``hpush://``: PUT to the pod.
+
+    An HTTP/1.1 reply names no request: a pod that sends one reply too many leaves
+    it on the keep-alive connection, where the next request would read it as its
+    own. So every request carries ``Aioetl-Req-Id: <n>``; our pods echo it, and
+    for them a pooled connection is used and a reply whose echo differs closes the
+    connection and the request is sent again on a fresh one. A pod that does not
+    echo (AIStore's) gets a new connection per request, on which the one reply
+    provably answers the one request.
+    """
+
+    def __init__(self, etl: str, pod_url: str, obj_timeout_s: float, session: aiohttp.ClientSession) -> None:
+        super().__init__(etl, pod_url, obj_timeout_s, session)
+        self._echoes: bool | None = None  # learnt from the pod's first reply
+        self._ids = itertools.count(1)
+        self._fresh: aiohttp.ClientSession | None = None  # one connection per request
+
+    def _session_for_next(self) -> aiohttp.ClientSession:
+        if self._echoes:
+            return self.session
+        if self._fresh is None:
+            self._fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0),
+                                                auto_decompress=False)
+        return self._fresh
+
+    async def close(self) -> None:
+        if self._fresh is not None:
+            await self._fresh.close()
+            self._fresh = None
 
     def request_args(self, bck: str, obj: str, fqn: str | None, etl_args: str,
                      pipeline: list[str]) -> tuple[str, dict[str, str], dict[str, str]]:
@@ -195,10 +223,12 @@ class HpushComm(_Comm):
         """
         replayable = not body or isinstance(body, (bytes, bytearray, memoryview))
         for attempt in range(2):
+            rid = str(next(self._ids))
+            headers[HEADER_REQ_ID] = rid
             try:
-                resp = await self.session.request(method, url, params=params, data=body, headers=headers,
-                                                  timeout=aiohttp.ClientTimeout(total=timeout_s or self.obj_timeout_s))
-                break
+                resp = await self._session_for_next().request(
+                    method, url, params=params, data=body, headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=timeout_s or self.obj_timeout_s))
             except asyncio.TimeoutError:
                 raise self._timeout(f'transform of "{what}"', timeout_s) from None
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientResponseError) as e:
@@ -207,6 +237,21 @@ class HpushComm(_Comm):
                 raise self._unreachable(e) from e
             except aiohttp.ClientError as e:
                 raise self._unreachable(e) from e
+            echo = resp.headers.get(HEADER_REQ_ID)
+            if echo == rid:
+                self._echoes = True
+                break
+            if echo is None and not self._echoes:  # a pod that does not echo: fresh connections
+                self._echoes = False
+                break
+            # a reply to another request (left on a pooled connection): never attributed here
+            resp.close()
+            log.warning("pod reply dropped: it answers another request", etl=self.etl, pod=self.pod_url,
+                        sent=rid, echoed=echo)
+            if attempt == 0 and replayable:
+                continue
+            raise EtlFailed(f'ETL error: etl job "{self.etl}": the pod at {self.pod_url} answered "{what}" with '
+                            f"the reply to another request (id {echo!r}, sent {rid})", status=502)
         if not 200 <= resp.status < 300:
             raise await self._error_reply(resp)
         if (resp.status != 204 and resp.content_length is None

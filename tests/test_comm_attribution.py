@@ -281,3 +281,73 @@ def test_settle_route_refuses_bad_bodies(tmp_path: Any) -> None:
         return out
 
     assert asyncio.run(run()) == [400, 400, 400, 200]
+
+
+# -- hpush: a reply left over on a keep-alive connection is never another object's ------
+
+
+async def _keepalive_pod(echo: bool) -> tuple[asyncio.AbstractServer, str]:
+    """Answers ``T:<obj>`` with keep-alive; for ``two*`` objects it sends a second,
+    unrequested reply right after (as a buggy pod might)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                path = lines[0].split()[1].split("?")[0]
+                hdrs = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+                n = int(hdrs.get("content-length", "0"))
+                if n:
+                    await reader.readexactly(n)
+                obj = path.rsplit("/", 1)[-1]
+                extra = f"aioetl-req-id: {hdrs['aioetl-req-id']}\r\n" if echo and "aioetl-req-id" in hdrs else ""
+                body = f"T:{obj}".encode()
+                writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body)
+                if obj.startswith("two"):
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+                    stray = b"unsolicited"
+                    writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(stray)}\r\n{extra}\r\n".encode() + stray)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.parametrize("echo", [True, False], ids=["echoing-pod", "non-echoing-pod"])
+def test_hpush_extra_reply_is_never_attributed(echo: bool) -> None:
+    async def run() -> dict[str, Any]:
+        server, url = await _keepalive_pod(echo)
+        conn = aiohttp.TCPConnector(limit=2)  # few pooled connections: reuse is certain
+        session = aiohttp.ClientSession(connector=conn)
+        comm = HpushComm("etl-x", url, 5.0, session)
+        out: dict[str, Any] = {}
+        try:
+            names = [f"{'two' if i % 5 == 0 else 'ok'}-{i}" for i in range(40)]
+
+            async def one(name: str) -> None:
+                try:
+                    resp = await comm.open("b", name, fqn="/f")
+                    try:
+                        out[name] = await resp.read()
+                    finally:
+                        resp.release()
+                except AioetlError as e:
+                    out[name] = e
+
+            for i in range(0, len(names), 4):  # a few at a time, so connections get reused
+                await asyncio.gather(*(one(n) for n in names[i:i + 4]))
+                await asyncio.sleep(0.02)
+            return out
+        finally:
+            await comm.close()
+            await session.close()
+            server.close()
+
+    out = asyncio.run(run())
+    wrong = {n: r for n, r in out.items() if isinstance(r, bytes) and r != f"T:{n}".encode()}
+    assert not wrong
+    assert sum(1 for r in out.values() if isinstance(r, bytes)) == len(out)  # retried, not failed
