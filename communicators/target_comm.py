@@ -115,24 +115,6 @@ def pod_error(etl: str, status: int, body: bytes | str) -> AioetlError:
     return EtlFailed(msg)
 
 
-def classify_ws_reply(kind: aiohttp.WSMsgType, data: Any) -> PodResult | AioetlError:
-    """BINARY -> bytes; TEXT of digits -> delivered; any other TEXT -> an error."""
-    if kind == aiohttp.WSMsgType.BINARY:
-        return PodResult(data=bytes(data))
-    text = str(data).strip()
-    if text.isdigit():
-        return PodResult(delivered=int(text))
-    status = 422
-    try:
-        doc = json.loads(text)
-        if isinstance(doc, dict) and "error" in doc:
-            text = str(doc["error"])
-            status = int(doc.get("status") or 422)
-    except ValueError:
-        pass
-    return pod_error("", status if status < 500 else 500, text)
-
-
 class _Comm:
     def __init__(self, etl: str, pod_url: str, obj_timeout_s: float, session: aiohttp.ClientSession) -> None:
         self.etl = etl

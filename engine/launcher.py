@@ -260,6 +260,12 @@ class LocalCluster:
             raise
         return self
 
+    def target_mountpaths(self) -> dict[str, list[str]]:
+        """``{target id: [absolute mountpath, ...]}`` of this cluster's layout (known before
+        :meth:`start`, so a test can mount a small filesystem there first)."""
+        return {t["id"]: [os.path.join(self.data_dir, mp) for mp in t["mountpaths"]]
+                for t in self._layout()["targets"]}
+
     def restart_target(self, node_id: str, *, kill: bool = True) -> NodeProc:
         """Stop target ``node_id`` (SIGKILL when ``kill``, else SIGTERM) and start it again
         alone, with the same id and mountpaths; return once it has rejoined.

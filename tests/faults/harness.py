@@ -47,20 +47,10 @@ HANG_S = 4.0  # > obj_timeout: the pod answers (and direct-puts) late
 
 
 def make_sdk_client(endpoint: str):  # type: ignore[no-untyped-def]
-    """An aistore SDK client that gives up quickly on 5xx (as tests/conftest.py's)."""
-    from aistore.sdk import Client
+    """An aistore SDK client that gives up quickly on 5xx (tests/conftest.py's)."""
+    from conftest import make_sdk_client as make
 
-    try:
-        from aistore.sdk.retry_config import RetryConfig
-        from urllib3.util.retry import Retry
-
-        rc = RetryConfig(
-            http_retry=Retry(total=1, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504], connect=0, read=0),
-            network_retry=RetryConfig.default().network_retry,
-        )
-        return Client(endpoint, retry_config=rc, timeout=(5, 60))
-    except (ImportError, TypeError, AttributeError):
-        return Client(endpoint, timeout=(5, 60))
+    return make(endpoint)
 
 
 def uid() -> str:

@@ -153,26 +153,6 @@ def test_nothing_lands_after_an_abort(clusters: Any) -> None:
 # -- a target SIGKILLed mid-job ----------------------------------------------------------------
 
 
-def _restart_target(cluster: LocalCluster, idx: int) -> None:
-    """Start target ``idx`` again (same id, same mountpaths) after it died.
-
-    LocalCluster has no public call for one node (engine hook wanted: ``restart_target``);
-    this uses its spawn/ready helpers the way ``start()`` does."""
-    layout = cluster._layout()
-    t = layout["targets"][idx]
-    assert cluster.gateway is not None
-    args = ["--gateway", cluster.gateway.url, "--host", cluster.host]
-    for mp in t["mountpaths"]:
-        args += ["--mountpath", os.path.join(cluster.data_dir, mp)]
-    try:
-        os.unlink(os.path.join(cluster.data_dir, "run", f"{t['id']}.json"))
-    except FileNotFoundError:
-        pass
-    node = cluster._spawn(t["id"], "target", args)
-    cluster._wait_ready(node, time.monotonic() + 60)
-    cluster.targets[idx] = node
-
-
 def _wait_etl_running(client: Any, etl: str, timeout_s: float = 90) -> str:
     deadline = time.monotonic() + timeout_s
     stage = ""
@@ -228,9 +208,10 @@ def test_target_sigkilled_mid_job(own_data_dir: str, restart: str) -> None:
         job = src.transform(etl_name="kill-etl", to_bck=client.bucket("kill-dst"), num_workers=2)
         _wait_progress(client, job, 5)
         victim = c.targets[0]
-        os.kill(victim.pid, signal.SIGKILL)  # a target this test started
         if restart == "target-alone":
-            _restart_target(c, 0)
+            c.restart_target(victim.node_id)  # SIGKILL (a target this test started), then start it alone
+        else:
+            os.kill(victim.pid, signal.SIGKILL)  # a target this test started
         try:
             success, aborted, err = wait_job(client, job, 90)
         except Exception as e:  # noqa: BLE001
@@ -327,7 +308,7 @@ def small_disk_cluster(own_data_dir: str) -> Iterator[tuple[LocalCluster, str]]:
     """A 1-target cluster whose only mountpath is a 20 MiB tmpfs (mounted here; skipped
     when this machine does not let the test mount)."""
     c = LocalCluster(targets=1, data_dir=own_data_dir, port=0)
-    mp = os.path.join(own_data_dir, c._layout()["targets"][0]["mountpaths"][0])
+    mp = next(iter(c.target_mountpaths().values()))[0]
     os.makedirs(mp, exist_ok=True)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", mp], capture_output=True, text=True)
     if r.returncode != 0:
