@@ -98,6 +98,7 @@ class _Job:
         # direct puts the pod reported delivered, not yet confirmed by their destination:
         # destination target URL -> {"<dst bck>/<dst obj>": source object name}
         self.claims: dict[str, dict[str, str]] = {}
+        self.failed = 0  # objects handed to the workers that ended as errors
 
 
 class OfflineJobs:
@@ -251,6 +252,7 @@ class OfflineJobs:
                 for _ in range(nworkers):
                     tg.create_task(self._worker(job, queue))
             await self._settle_all(job)
+            self._check_outcomes(job)
             if x.running:
                 x.transition(State.DRAINING)
                 x.transition(State.FINISHED)
@@ -357,12 +359,14 @@ class OfflineJobs:
                 raise
             except AioetlError as e:
                 x.add_obj_err(f"ais://{x.src_bck}/{name}", e.message, e.status)
+                job.failed += 1
                 x.done_objs += 1
                 x.done_bytes += size
                 if not msg.coer:
                     raise
             except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as e:
                 x.add_obj_err(f"ais://{x.src_bck}/{name}", f"{type(e).__name__}: {e}", 500)
+                job.failed += 1
                 x.done_objs += 1
                 x.done_bytes += size
                 if not msg.coer:
@@ -474,6 +478,20 @@ class OfflineJobs:
         finally:
             resp.release()
 
+    @staticmethod
+    def _check_outcomes(job: _Job) -> None:
+        """Every object the workers took ended in exactly one outcome: written here
+        (``loc``), confirmed at its owner (``out``), or an error.
+
+        Raises:
+            AioetlError: the counts disagree (a bug, reported rather than hidden as success).
+        """
+        x = job.xact
+        ended = x.stats.loc_objs + x.stats.out_objs + job.failed
+        if ended != x.done_objs:
+            raise AioetlError(f"job {x.xid} on {x.node_id}: {x.done_objs} objects processed but {ended} outcomes "
+                              f"(loc {x.stats.loc_objs}, out {x.stats.out_objs}, failed {job.failed})", status=500)
+
     # -- direct-put settlement (engine.receipts) -------------------------------------------
     async def _claim(self, job: _Job, url: str, key: str, name: str) -> None:
         """The pod says it delivered ``key`` to ``url``: settle later, in batches."""
@@ -507,6 +525,7 @@ class OfflineJobs:
             x.stats.out_bytes += size
         for key in missing:
             x.add_obj_err(f"ais://{x.src_bck}/{claims[key]}", f"direct put of ais://{key} {why}", 502)
+            job.failed += 1
         if missing and not job.msg.coer:
             raise EtlFailed(f"direct put of ais://{missing[0]} {why}", status=502)
 
