@@ -12,7 +12,7 @@ Public REST subset (as the aistore SDK 1.26 and 2.x send it; see
 - ``GET /v1/reverse/daemon?what=node_status`` with ``Ais-Node-Id``: a target's
   ``stats.NodeStatus`` (the SDK's ``cluster().get_performance()``)
 
-Intra-cluster: ``POST /v1/cluster/join`` (a target registers; the reply is
+Intra-cluster (cluster secret required, :mod:`engine.auth`): ``POST /v1/cluster/join`` (a target registers; the reply is
 the current smap and BMD, which are then pushed to every target with
 ``PUT /v1/metasync``). A target that (re)joins once the cluster runs gets every
 Running ETL initialized on it (``GatewayEtl.on_target_joined``).
@@ -36,6 +36,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from .auth import GATEWAY_INTERNAL, auth_headers, cluster_auth_middleware
 from .errors import AioetlError, AlreadyExists, BadRequest, NodeUnavailable, bck_not_found
 from .httpd import error_middleware, json_response, read_action, split_obj_path
 from .names import make_uname, validate_bck_name, validate_obj_name
@@ -59,16 +60,25 @@ class GatewayConfig:
         data_dir: cluster data root; the BMD lives in ``<data_dir>/gateway``.
         host, port: listen address; port 0 = ephemeral.
         run_dir: where the ready file is written.
+        cluster_secret: the cluster secret (:mod:`engine.auth`): required on the
+            intra-cluster routes served here, sent on every call to a target.
     """
 
-    def __init__(self, *, node_id: str, data_dir: str, host: str = "127.0.0.1", port: int = 0, run_dir: str = "") -> None:
+    def __init__(self, *, node_id: str, data_dir: str, cluster_secret: str, host: str = "127.0.0.1", port: int = 0,
+                 run_dir: str = "") -> None:
+        if not cluster_secret:
+            raise ValueError("GatewayConfig needs a cluster secret")
         self.node_id, self.data_dir, self.host, self.port, self.run_dir = node_id, data_dir, host, port, run_dir
+        self.cluster_secret = cluster_secret
 
 
 def _atomic_write_json(path: str, doc: Any) -> None:
+    """Write ``doc`` as JSON to ``path``: temp file (mode 0600: etlMD holds per-ETL
+    secrets), fsync, rename."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        os.fchmod(f.fileno(), 0o600)
         json.dump(doc, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
@@ -105,7 +115,9 @@ class Gateway:
             return {"version": 0, "buckets": {}, "cluster_uuid": secrets.token_hex(5)}
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[error_middleware(self.node_id)], client_max_size=1 << 40)
+        mws = [error_middleware(self.node_id),
+               cluster_auth_middleware(self.cfg.cluster_secret, GATEWAY_INTERNAL, self.node_id)]
+        app = web.Application(middlewares=mws, client_max_size=1 << 40)
         r = app.router
         r.add_route("GET", "/v1/daemon", self.daemon)
         r.add_route("GET", "/v1/health", self.health)
@@ -531,7 +543,7 @@ async def run_gateway(cfg: GatewayConfig) -> None:
 
     async def started(url: str) -> None:
         gw.smap.proxy = Snode(cfg.node_id, "proxy", url)
-        gw.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        gw.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=auth_headers(cfg.cluster_secret))
         write_ready_file(cfg.run_dir, cfg.node_id, url)
         gw.log.info("gateway ready", url=url, buckets=len(gw.bmd["buckets"]))
 

@@ -8,6 +8,8 @@ Data root layout::
 
     <data>/cluster.json             node ids and mountpaths (stable across restarts:
                                     HRW hashes the ids, so they must not change)
+    <data>/cluster.secret           the cluster secret (mode 0600; made once, reused):
+                                    nodes read it with --secret-file (engine.auth)
     <data>/gateway/bmd.json         buckets
     <data>/targets/<tid>/mp<i>/     mountpaths
     <data>/run/<node>.json          {"pid", "url"} of a running node
@@ -25,6 +27,8 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from .auth import ENV_SECRET, SECRET_FILE, load_or_create_secret
 
 __all__ = ["ClusterError", "LocalCluster", "NodeProc", "running_nodes", "stop_running"]
 
@@ -194,6 +198,11 @@ class LocalCluster:
         return layout
 
     @property
+    def secret_path(self) -> str:
+        """``<data>/cluster.secret``: the cluster secret every node is started with."""
+        return os.path.join(self.data_dir, SECRET_FILE)
+
+    @property
     def endpoint(self) -> str:
         """The gateway URL, e.g. ``http://127.0.0.1:51234``."""
         if self.gateway is None or not self.gateway.url:
@@ -207,8 +216,10 @@ class LocalCluster:
         log_path = os.path.join(logs, f"{node_id}.log")
         env = dict(os.environ)
         env["PYTHONPATH"] = _PKG_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.pop(ENV_SECRET, None)  # nodes read the file, never a variable a child could inherit
+        load_or_create_secret(self.data_dir)
         cmd = [sys.executable, "-m", "engine.node", role, "--id", node_id, "--data", self.data_dir,
-               "--log-level", self.log_level, *args]
+               "--log-level", self.log_level, "--secret-file", self.secret_path, *args]
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,

@@ -2,6 +2,12 @@
 
 The launcher (:mod:`engine.launcher`) starts these; flags are read here, once,
 and turned into config objects.
+
+Every node needs the cluster secret (:mod:`engine.auth`): ``--secret-file PATH``
+(what the launcher passes: ``<data>/cluster.secret``) or the
+``AIOETL_CLUSTER_SECRET`` environment variable (for nodes on other machines).
+The variable is removed from this process's environment once read, so nothing the
+node starts inherits it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import sys
 
 import structlog
 
+from .auth import ENV_SECRET, read_secret
 from .httpd import install_uvloop
 
 
@@ -48,14 +55,21 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--port", type=int, default=0)
     for sp in (g, t):
         sp.add_argument("--log-level", default=os.environ.get("AIOETL_LOG_LEVEL", "info"))
+        sp.add_argument("--secret-file", default=None,
+                        help=f"file holding the cluster secret (else ${ENV_SECRET})")
     args = p.parse_args(argv)
+    try:
+        secret = read_secret(args.secret_file, os.environ)
+    except (OSError, ValueError) as e:
+        p.error(str(e))
+    os.environ.pop(ENV_SECRET, None)
     configure_logging(args.log_level)
     install_uvloop()
     run_dir = os.path.join(args.data, "run")
     if args.role == "gateway":
         from .gateway import GatewayConfig, run_gateway
 
-        asyncio.run(run_gateway(GatewayConfig(node_id=args.id, data_dir=args.data, host=args.host, port=args.port, run_dir=run_dir)))
+        asyncio.run(run_gateway(GatewayConfig(node_id=args.id, data_dir=args.data, cluster_secret=secret, host=args.host, port=args.port, run_dir=run_dir)))
     else:
         from .target import TargetConfig, run_target
 
@@ -69,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                     port=args.port,
                     run_dir=run_dir,
                     data_dir=args.data,
+                    cluster_secret=secret,
                 )
             )
         )

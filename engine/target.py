@@ -6,7 +6,8 @@ Public REST subset served here (AIStore ``ais/tgtobj.go``):
   single ``Range``; metadata goes out in the ``ais-*`` headers.
 - ``GET /v1/health``, ``GET /v1/daemon?what=capacity|smap|snode``.
 
-Intra-cluster routes (gateway -> target, not part of AIStore's public API):
+Intra-cluster routes (gateway -> target, not part of AIStore's public API; the
+cluster secret is required on them, :mod:`engine.auth`):
 
 - ``PUT /v1/metasync``: the gateway pushes a new smap and BMD.
 - ``GET /v1/buckets/<bck>?what=lsopage``: one sorted page of local objects.
@@ -33,6 +34,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from .auth import TARGET_INTERNAL, auth_headers, cluster_auth_middleware
 from .errors import BadRequest, NotFound, RangeNotSatisfiable, bck_not_found
 from .httpd import error_middleware, json_response, read_json, split_obj_path
 from .names import make_uname, validate_bck_name, validate_obj_name
@@ -60,6 +62,8 @@ class TargetConfig:
         gateway_url: where to join.
         host, port: listen address; port 0 = ephemeral.
         run_dir: where the ready file ``<node_id>.json`` is written.
+        cluster_secret: the cluster secret (:mod:`engine.auth`): required on the
+            intra-cluster routes served here, sent on calls to the gateway and peers.
     """
 
     node_id: str
@@ -69,6 +73,11 @@ class TargetConfig:
     port: int = 0
     run_dir: str = ""
     data_dir: str = ""
+    cluster_secret: str
+
+    def __post_init__(self) -> None:
+        if not self.cluster_secret:
+            raise ValueError("TargetConfig needs a cluster secret")
 
 
 def md_headers(md: LomMD, bck: str, obj: str, location: str, props: str = "") -> dict[str, str]:
@@ -172,7 +181,9 @@ class Target:
 
     # -- app ---------------------------------------------------------------
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[error_middleware(self.node_id)], client_max_size=1 << 40)
+        mws = [error_middleware(self.node_id),
+               cluster_auth_middleware(self.cfg.cluster_secret, TARGET_INTERNAL, self.node_id)]
+        app = web.Application(middlewares=mws, client_max_size=1 << 40)
         r = app.router
         r.add_route("PUT", "/v1/objects/{tail:.+}", self.put_object)
         r.add_route("GET", "/v1/objects/{tail:.+}", self.get_object)
@@ -520,7 +531,8 @@ async def run_target(cfg: TargetConfig) -> None:
 
     async def started(url: str) -> None:
         t.url = url
-        t.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        # intra-cluster calls only (gateway, peers); pods get their own session without it
+        t.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=auth_headers(cfg.cluster_secret))
         await t.join()
         write_ready_file(cfg.run_dir, cfg.node_id, url)
         t.log.info("target ready", url=url, mountpaths=cfg.mountpaths)
