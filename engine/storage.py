@@ -154,6 +154,7 @@ class WorkFile:
             os.makedirs(wdir, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._done = False
+        self._finalizing = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data``; raises :class:`InsufficientStorage` on ENOSPC/EDQUOT."""
@@ -178,6 +179,7 @@ class WorkFile:
             Conflict: the name collides with a "directory" of other objects
                 (``a`` vs ``a/b``).
         """
+        self._finalizing = True  # from here on this call owns the fd and the work file
         try:
             prev = _read_md(self.fqn)
             md = LomMD(
@@ -208,10 +210,17 @@ class WorkFile:
             raise _map_oserror(e, self.bck, self.obj) from e
         finally:
             if not self._done:
-                self.abort()
+                self._drop()
 
     def abort(self) -> None:
-        """Drop the work file; safe to call more than once, and after finalize."""
+        """Drop the work file; safe to call more than once, and after finalize. A no-op
+        while :meth:`finalize` runs (in a thread: a cancelled request must not close the
+        fd under it); finalize drops the work file itself if it fails."""
+        if self._finalizing:
+            return
+        self._drop()
+
+    def _drop(self) -> None:
         if self._fd >= 0:
             try:
                 os.close(self._fd)

@@ -124,6 +124,34 @@ def test_abort_after_finalize_keeps_the_object(store: Store) -> None:
 NAMES = ["ab", "a/b", "a/c/d", "a/cd", "a/c/e/f", "abc/d", "b/x", "b/x2/y", "z"]
 
 
+def test_abort_during_a_finalize_in_a_thread_is_a_no_op(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request cancelled while its finalize runs in a thread (target shutdown) must not
+    close the fd or unlink the work file under it: finalize owns both from its start."""
+    import threading
+
+    import engine.storage as storage
+
+    entered, release = threading.Event(), threading.Event()
+    real_read_md = storage._read_md
+
+    def slow_read_md(fqn: str) -> object:
+        entered.set()
+        release.wait(5)
+        return real_read_md(fqn)
+
+    monkeypatch.setattr(storage, "_read_md", slow_read_md)
+    wf = store.open_work("b", "o")
+    wf.write(b"payload")
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(wf.finalize()))
+    t.start()
+    assert entered.wait(5)
+    wf.abort()  # what the cancelled handler does
+    release.set()
+    t.join(5)
+    assert result and store.read_bytes("b", "o") == b"payload"
+
+
 @pytest.mark.parametrize("prefix", ["", "a", "a/", "a/c", "a/c/", "a/c/e", "ab", "abc/", "b/x", "b/x/", "z", "zz", "q/"])
 def test_iter_names_with_prefixes_and_nested_dirs(store: Store, prefix: str) -> None:
     for n in NAMES:
