@@ -33,6 +33,7 @@ __all__ = [
     "STAGE_INITIALIZING",
     "STAGE_RUNNING",
     "etl_not_found",
+    "load_spec_yaml",
     "parse_duration_s",
     "parse_init_msg",
     "validate_etl_name",
@@ -148,18 +149,96 @@ def _parse_env(raw: Any) -> list[tuple[str, str]]:
     return out
 
 
+MAX_SPEC_BYTES = 1 << 20
+"""Largest Pod spec YAML (1 MiB of text; AIStore's specs are a few KB)."""
+MAX_SPEC_NODES = 100_000
+"""Most YAML nodes a spec may hold once its aliases are expanded."""
+MAX_SPEC_EXPANDED_BYTES = 4 << 20
+"""Most scalar text a spec may hold once its aliases are expanded (4 MiB)."""
+
+
+def _expanded_size(root: yaml.Node) -> tuple[int, int]:
+    """``(nodes, scalar bytes)`` of a composed YAML graph with every alias expanded.
+
+    An alias is a second reference to an already composed node, so the graph is a
+    DAG and its expansion can be exponential in its size (the "billion laughs").
+    Each distinct node is sized once (memoized, iterative), so this costs
+    O(distinct nodes) whatever the expansion is; a cycle (a recursive alias) counts
+    as unbounded.
+    """
+    sizes: dict[int, tuple[int, int]] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for kv in node.value for n in kv]
+        if done:
+            on_path.discard(key)
+            n, b = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+            for c in children:
+                cn, cb = sizes[id(c)]
+                n, b = n + cn, b + cb
+            sizes[key] = (min(n, 1 << 62), min(b, 1 << 62))
+            continue
+        if key in on_path:
+            return 1 << 62, 1 << 62
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def load_spec_yaml(text: str) -> Any:
+    """Parse an ETL's Pod spec YAML safely and within bounds.
+
+    Safe tags only (``yaml.SafeLoader``); at most :data:`MAX_SPEC_BYTES` of text;
+    aliases are allowed but the document they expand to is bounded by
+    :data:`MAX_SPEC_NODES` and :data:`MAX_SPEC_EXPANDED_BYTES`, checked on the
+    composed node graph before any Python object is built, so an alias bomb of a
+    few hundred bytes is refused in milliseconds and allocates nothing big.
+
+    Raises:
+        BadRequest: too large, malformed, nested too deeply, or expanding too far.
+    """
+    if len(text) > MAX_SPEC_BYTES:
+        raise BadRequest(f'invalid "spec": larger than {MAX_SPEC_BYTES} bytes')
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        n, b = _expanded_size(node)
+        if n > MAX_SPEC_NODES or b > MAX_SPEC_EXPANDED_BYTES:
+            raise BadRequest(
+                f'invalid "spec": its aliases expand past {MAX_SPEC_NODES} nodes or {MAX_SPEC_EXPANDED_BYTES} bytes'
+            )
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise BadRequest(f'invalid "spec": malformed YAML: {e}') from None
+    except RecursionError:
+        raise BadRequest('invalid "spec": YAML nested too deeply') from None
+    finally:
+        loader.dispose()
+
+
 def _from_pod_spec(spec_b64: Any) -> tuple[str, list[str], list[tuple[str, str]], str]:
     """``(image, command, env, comm annotation)`` from a base64 Pod YAML."""
     if not isinstance(spec_b64, str) or not spec_b64:
         raise BadRequest('invalid "spec": expected base64 of a Kubernetes Pod YAML')
+    if len(spec_b64) > (MAX_SPEC_BYTES + 2) // 3 * 4:
+        raise BadRequest(f'invalid "spec": larger than {MAX_SPEC_BYTES} bytes')
     try:
         text = base64.b64decode(spec_b64, validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
         raise BadRequest('invalid "spec": not base64 of UTF-8 text') from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise BadRequest(f'invalid "spec": malformed YAML: {e}') from None
+    doc = load_spec_yaml(text)
     if not isinstance(doc, dict) or doc.get("kind", "Pod") != "Pod":
         raise BadRequest('invalid "spec": expected a Kubernetes Pod')
     try:

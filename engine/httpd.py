@@ -7,32 +7,83 @@
   normalized into another object's name.
 - :func:`read_action` parses the ``{"action","name","value"}`` bodies
   (``cmn.ActionMsg``) with a clear 400 on malformed JSON.
+- Limits at the edge (issue #11): a JSON body is at most :data:`MAX_JSON_BYTES`
+  (:data:`MAX_INIT_JSON_BYTES` for ETL init, which carries code) and
+  :data:`MAX_JSON_DEPTH` levels deep, and has the shape registered for its route
+  (:mod:`.bodies`); object names must be valid UTF-8 with valid percent-escapes;
+  an upload body that sends nothing for :data:`BODY_IDLE_TIMEOUT_S` is cut
+  (:func:`iter_body`). Header lines are bounded by aiohttp's defaults
+  (``max_line_size``/``max_field_size`` 8190 bytes: a longer one is a 400).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Awaitable, Callable
-from urllib.parse import unquote
+import os
+import re
+from typing import Any, AsyncIterator, Awaitable, Callable
+from urllib.parse import unquote_to_bytes
+
+import msgspec
 
 import structlog
 from aiohttp import web
 
-from .errors import AioetlError, BadRequest, error_body
+from xactions.xact import InvalidXid, validate_xid
+
+from .bodies import schema_for
+from .errors import AioetlError, BadRequest, InvalidName, error_body
 
 __all__ = [
+    "BODY_IDLE_TIMEOUT_S",
+    "MAX_INIT_JSON_BYTES",
+    "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
+    "RequestTimeout",
     "error_middleware",
     "install_uvloop",
+    "iter_body",
     "json_response",
     "read_action",
     "read_json",
     "split_obj_path",
+    "unquote_name",
 ]
 
 log = structlog.get_logger("aioetl.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_JSON_BYTES = 8 << 20
+"""Largest JSON body of a control route (8 MiB); larger is a 413."""
+MAX_INIT_JSON_BYTES = 64 << 20
+"""Largest ETL init body (64 MiB): ``init_class`` sends the pickled class and its deps."""
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of a JSON body; AIStore's messages nest 4 levels at most."""
+_INIT_ROUTES = frozenset({("PUT", "/v1/etl"), ("POST", "/v1/etl/_init")})
+# public routes whose {id} is a job id that the handler passes on into paths
+# (the gateway's job-errors route forwards it to every target's report path)
+_XID_ROUTES = frozenset({("GET", "/v1/jobs/{id}/errors")})
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        v = float(os.environ.get(name) or default)
+    except ValueError:
+        return default
+    return v if v > 0 else default
+
+
+BODY_IDLE_TIMEOUT_S = _env_seconds("AIOETL_BODY_IDLE_TIMEOUT_S", 60.0)
+"""An upload that sends no byte for this long is cut (``AIOETL_BODY_IDLE_TIMEOUT_S``,
+read once when a node process imports this module; tests set it before starting one)."""
+
+
+class RequestTimeout(BadRequest):
+    """A request body stalled past the idle timeout (408); the connection is closed."""
+
+    status = 408
 
 
 def install_uvloop() -> bool:
@@ -53,26 +104,80 @@ def error_response(request: web.Request, status: int, message: str, node: str) -
     return web.Response(status=status, body=body, content_type="application/json")
 
 
+async def _body_fault(request: web.Request) -> AioetlError | None:
+    """After a handler failed: the client's mistake in its (already read) JSON body, if any.
+
+    For the routes of :mod:`.bodies` whose handler parses the body itself (the
+    gateway's join reads ``request.json()``), a failure that the body explains
+    (malformed, too deep, wrong shape) is answered as the 400 it is, not a 500.
+    """
+    if schema_for(*_route_key(request)) is None or not request.body_exists:
+        return None
+    try:
+        raw = await request.read()  # aiohttp keeps the bytes a handler read
+        if not raw.strip():
+            return BadRequest("request body is empty: expected JSON")
+        doc = json.loads(raw)
+        if not _depth_ok(doc, MAX_JSON_DEPTH):
+            return BadRequest(f"JSON in request body is nested too deeply (limit {MAX_JSON_DEPTH})")
+        check_body_shape(request, doc)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return BadRequest(f"malformed JSON in request body: {e}")
+    except RecursionError:
+        return BadRequest(f"JSON in request body is nested too deeply (limit {MAX_JSON_DEPTH})")
+    except AioetlError as e:
+        return e
+    except Exception:  # noqa: BLE001 - cannot tell: the original error stands
+        return None
+    return None
+
+
 def error_middleware(node_id: str) -> Any:
     """aiohttp middleware: AioetlError -> its status; anything else -> 500, logged."""
 
     @web.middleware
     async def mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            if _route_key(request) in _XID_ROUTES:
+                validate_xid(request.match_info.get("id", ""))
             return await handler(request)
         except AioetlError as e:
             if e.status >= 500:
                 log.warning("request failed", method=request.method, path=request.path, status=e.status, err=e.message)
             return error_response(request, e.status, e.message, node_id)
+        except InvalidXid as e:
+            return error_response(request, 400, str(e), node_id)
         except web.HTTPException:
             raise
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception as e:  # noqa: BLE001 - the boundary: every error becomes a response
+            bad = await _body_fault(request)
+            if bad is not None:  # a handler that read its body without read_json
+                return error_response(request, bad.status, bad.message, node_id)
             log.exception("internal error", method=request.method, path=request.path)
             return error_response(request, 500, f"internal error: {type(e).__name__}: {e}", node_id)
 
     return mw
+
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def unquote_name(raw: str, what: str = "object name") -> str:
+    """Percent-decode one name from a raw URL path, strictly.
+
+    Raises:
+        InvalidName: a ``%`` not followed by two hex digits, or bytes that are not
+            valid UTF-8 (including overlong forms such as ``%C0%AF`` and encoded
+            surrogates, which Python's strict decoder refuses).
+    """
+    if _BAD_ESCAPE.search(raw):
+        raise InvalidName(f"{what} {raw[:200]!r} has an invalid percent-escape")
+    try:
+        return unquote_to_bytes(raw).decode("utf-8", errors="strict")
+    except UnicodeDecodeError as e:
+        raise InvalidName(f"{what} {raw[:200]!r} is not valid UTF-8: {e.reason} at byte {e.start}") from None
 
 
 def split_obj_path(request: web.Request, root: str = "/v1/objects/") -> tuple[str, str]:
@@ -80,6 +185,7 @@ def split_obj_path(request: web.Request, root: str = "/v1/objects/") -> tuple[st
 
     Raises:
         BadRequest: the path has no bucket or no object part.
+        InvalidName: a bad percent-escape or invalid UTF-8 in either name.
     """
     raw = request.raw_path.partition("?")[0]
     if not raw.startswith(root):
@@ -88,20 +194,86 @@ def split_obj_path(request: web.Request, root: str = "/v1/objects/") -> tuple[st
     bck, sep, obj = rest.partition("/")
     if not bck or not sep or not obj:
         raise BadRequest(f"invalid URL path {raw[:200]!r}: expected {root}<bucket>/<object>")
-    return unquote(bck, errors="strict"), unquote(obj, errors="strict")
+    return unquote_name(bck, "bucket name"), unquote_name(obj)
 
 
-async def read_json(request: web.Request, *, required: bool = True) -> Any:
-    """Parse the request body as JSON; 400 with the parser's reason on failure."""
-    raw = await request.read()
+def _depth_ok(doc: Any, limit: int) -> bool:
+    """True if ``doc`` nests at most ``limit`` containers deep (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            items: Any = v.values()
+        elif isinstance(v, list):
+            items = v
+        else:
+            continue
+        if d > limit:
+            return False
+        stack.extend((c, d + 1) for c in items if isinstance(c, (dict, list)))
+    return True
+
+
+def _route_key(request: web.Request) -> tuple[str, str]:
+    route = request.match_info.route
+    resource = route.resource
+    return request.method.upper(), resource.canonical if resource is not None else ""
+
+
+async def _read_json_doc(request: web.Request, *, required: bool) -> Any:
+    limit = MAX_INIT_JSON_BYTES if _route_key(request) in _INIT_ROUTES else MAX_JSON_BYTES
+    if request.content_length is not None and request.content_length > limit:
+        raise BadRequest(f"request body too large: {request.content_length} > {limit} bytes", status=413)
+    buf = bytearray()
+    async for chunk in iter_body(request):
+        buf += chunk
+        if len(buf) > limit:
+            raise BadRequest(f"request body too large: more than {limit} bytes", status=413)
+    raw = bytes(buf)
     if not raw.strip():
         if required:
             raise BadRequest("request body is empty: expected JSON")
         return None
     try:
-        return json.loads(raw)
+        doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadRequest(f"malformed JSON in request body: {e}") from None
+    except RecursionError:
+        raise BadRequest(f"JSON in request body is nested too deeply (limit {MAX_JSON_DEPTH})") from None
+    if not _depth_ok(doc, MAX_JSON_DEPTH):
+        raise BadRequest(f"JSON in request body is nested too deeply (limit {MAX_JSON_DEPTH})")
+    return doc
+
+
+def check_body_shape(request: web.Request, doc: Any) -> None:
+    """Check ``doc`` against the struct registered for the request's route (:mod:`.bodies`).
+
+    Raises:
+        BadRequest: the shape is wrong; the message names the field.
+    """
+    schema = schema_for(*_route_key(request))
+    if schema is None or doc is None:
+        return
+    try:
+        msgspec.convert(doc, schema)
+    except msgspec.ValidationError as e:
+        raise BadRequest(f"invalid request body: {e}") from None
+
+
+async def read_json(request: web.Request, *, required: bool = True) -> Any:
+    """Parse the request body as JSON, bounded and checked (see the module docstring).
+
+    Returns:
+        The decoded JSON (None for an empty body when not ``required``).
+
+    Raises:
+        BadRequest: malformed JSON (400, the parser's reason), too deep (400), the
+            wrong shape for the route (400, naming the field), too large (413),
+            stalled (408).
+    """
+    doc = await _read_json_doc(request, required=required)
+    check_body_shape(request, doc)
+    return doc
 
 
 async def read_action(request: web.Request, *, required: bool = True) -> tuple[str, Any]:
@@ -110,7 +282,7 @@ async def read_action(request: web.Request, *, required: bool = True) -> tuple[s
     Raises:
         BadRequest: malformed JSON, not an object, or no ``action``.
     """
-    doc = await read_json(request, required=required)
+    doc = await _read_json_doc(request, required=required)
     if doc is None:
         return "", None
     if not isinstance(doc, dict) or not isinstance(doc.get("action", None), str):
@@ -120,3 +292,30 @@ async def read_action(request: web.Request, *, required: bool = True) -> tuple[s
 
 def json_response(doc: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=json.dumps(doc).encode(), content_type="application/json")
+
+
+async def iter_body(request: web.Request, idle_timeout_s: float | None = None) -> AsyncIterator[bytes]:
+    """The request body in chunks as they arrive, cut when it stalls.
+
+    Args:
+        idle_timeout_s: longest wait for the next bytes (default
+            :data:`BODY_IDLE_TIMEOUT_S`).
+
+    Raises:
+        RequestTimeout: no byte for ``idle_timeout_s``; the connection is marked to
+            close after the 408 (what is left of the body is never read).
+    """
+    idle = BODY_IDLE_TIMEOUT_S if idle_timeout_s is None else idle_timeout_s
+    content = request.content
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await content.readany()
+        except TimeoutError:
+            proto = request.protocol
+            if proto is not None:
+                proto.force_close()
+            raise RequestTimeout(f"request body stalled: no data for {idle:g} s") from None
+        if not chunk:
+            return
+        yield chunk

@@ -44,7 +44,7 @@ from communicators.target_comm import EtlFailed, WsComm
 from xactions.queue import ByteQueue, QueueClosed
 from xactions.records import JobRecords
 from xactions.tcb import DELETE_LISTRANGE, LISTRANGE_KINDS, TcbMsg, expand_template
-from xactions.xact import State, Xaction
+from xactions.xact import State, Xaction, validate_xid
 
 from .errors import AioetlError, BadRequest, InsufficientStorage, NotFound
 from .httpd import json_response, read_json
@@ -137,6 +137,7 @@ class OfflineJobs:
     async def h_start(self, request: web.Request) -> web.StreamResponse:
         doc = await read_json(request)
         xid, kind, src, dst = str(doc["id"]), str(doc["kind"]), str(doc["src"]), str(doc["dst"])
+        validate_xid(xid)  # before report_path() and the job record build paths from it
         msg = TcbMsg.parse(kind, doc["msg"])
         inst = self.t.etl.get(msg.etl_name) if msg.etl_name else None  # none: a plain copy
         self.t.etl.pipeline_urls(msg.pipeline)  # 404 if a stage is missing here
@@ -206,7 +207,7 @@ class OfflineJobs:
         return json_response(snaps)
 
     async def h_errors(self, request: web.Request) -> web.StreamResponse:
-        path = self.report_path(request.match_info["id"])
+        path = self.report_path(validate_xid(request.match_info["id"]))
         if not os.path.exists(path):
             return web.Response(body=b"", content_type="application/x-ndjson")
         return web.FileResponse(path, headers={"Content-Type": "application/x-ndjson"})

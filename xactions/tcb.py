@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -54,7 +55,8 @@ from typing import Any, Iterator
 from engine.errors import BadRequest
 from engine.etl import parse_duration_s
 
-__all__ = ["COPY_BCK", "COPY_KINDS", "DELETE_LISTRANGE", "COPY_LISTRANGE", "ETL_BCK", "ETL_LISTRANGE", "LISTRANGE_KINDS", "TcbMsg",
+__all__ = ["COPY_BCK", "COPY_KINDS", "DELETE_LISTRANGE", "COPY_LISTRANGE", "ETL_BCK", "ETL_LISTRANGE", "LISTRANGE_KINDS", "MAX_NUM_WORKERS",
+           "TcbMsg",
            "expand_template"]
 
 ETL_BCK = "etl-bck"
@@ -104,6 +106,20 @@ def _bool(v: Any) -> bool:
     if isinstance(v, str):
         return v.lower() in ("1", "true", "yes")
     return bool(v)
+
+
+MAX_NUM_WORKERS = max(64, 8 * (os.cpu_count() or 2))
+"""Most workers a job may ask for per target; above it the job is refused (400).
+
+AIStore clamps a tcb/tco job's num-workers to ``sys.MaxParallelism() + 4``
+(``xact/xs/xutils.go`` ``clampNumWorkers``) because each Go worker can keep a CPU
+busy. aioetl's workers are coroutines that mostly wait on a pod, and "auto" already
+picks up to 64 (``engine.offline.resolve_num_workers``), so the cap is a multiple of
+the CPU count that stays above auto: 8 per CPU, at least 64. Each worker holds
+buffers and a pod connection, so memory grows with the number: an unbounded value
+(``num_workers=100000``) is a client mistake, answered as one rather than clamped
+silently.
+"""
 
 
 @dataclass(kw_only=True)
@@ -165,10 +181,12 @@ class TcbMsg:
             raise BadRequest(f'{kind}: "ext" must map extensions to extensions, e.g. {{"jpg": "txt"}}')
         try:
             nw = int(value.get("num-workers") or value.get("num_workers") or 0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise BadRequest(f'{kind}: "num-workers" must be an integer') from None
         if nw < -1:
             raise BadRequest(f'{kind}: "num-workers" must be -1 (serial), 0 (auto) or a positive ceiling')
+        if nw > MAX_NUM_WORKERS:
+            raise BadRequest(f'{kind}: "num-workers" {nw} is above the limit of {MAX_NUM_WORKERS} on this cluster')
         prefix = str(value.get("prefix") or "")
         if prefix.endswith("*"):
             prefix = prefix.rstrip("*")

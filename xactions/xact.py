@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 import secrets
 import string
 import time
@@ -30,7 +31,7 @@ import structlog
 
 from .errs import ObjErrs
 
-__all__ = ["GO_ZERO_TIME", "State", "Xaction", "XactStats", "new_xid"]
+__all__ = ["GO_ZERO_TIME", "InvalidXid", "State", "Xaction", "XactStats", "new_xid", "validate_xid"]
 
 log = structlog.get_logger("aioetl.xaction")
 
@@ -42,6 +43,35 @@ def new_xid(prefix: str = "") -> str:
     """A job id: 9 random letters/digits, optionally prefixed (AIStore's ``tco-...``)."""
     alphabet = string.ascii_letters + string.digits
     return prefix + "".join(secrets.choice(alphabet) for _ in range(9))
+
+
+_XID_RE = re.compile(r"(?:tco-)?[A-Za-z0-9]{9}")
+
+
+class InvalidXid(ValueError):
+    """A job id that :func:`new_xid` cannot have made. Its ``status`` (400) lets an
+    HTTP boundary answer it as the caller's mistake without importing this package's
+    errors into the engine's tree."""
+
+    status = 400
+
+
+def validate_xid(xid: str) -> str:
+    """Check that ``xid`` has the shape of a job id before any path is built from it.
+
+    Job ids name files and directories (``<data>/jobs/<xid>/...``), so an id from a
+    request must be exactly what :func:`new_xid` makes: 9 letters/digits, optionally
+    prefixed ``tco-``. Anything else (``../x``, ``a/b``, empty, NUL) is refused.
+
+    Returns:
+        the id unchanged.
+
+    Raises:
+        InvalidXid: any other shape.
+    """
+    if not isinstance(xid, str) or not _XID_RE.fullmatch(xid):
+        raise InvalidXid(f"invalid job id {str(xid)[:64]!r}: expected 9 letters or digits, optionally prefixed 'tco-'")
+    return xid
 
 
 def rfc3339(ns: int) -> str:
