@@ -36,7 +36,7 @@ from aiohttp import web
 
 from .auth import TARGET_INTERNAL, auth_headers, cluster_auth_middleware
 from .errors import BadRequest, NotFound, RangeNotSatisfiable, bck_not_found
-from .httpd import error_middleware, json_response, read_json, split_obj_path
+from .httpd import error_middleware, iter_body, json_response, read_json, split_obj_path
 from .names import make_uname, validate_bck_name, validate_obj_name
 from .smap import Smap
 from .storage import CKSUM_TYPE, LomMD, Store, remove_trash_async
@@ -245,6 +245,8 @@ class Target:
 
         Raises:
             BadRequest: the body is shorter than its Content-Length.
+            RequestTimeout: the client sent nothing for ``BODY_IDLE_TIMEOUT_S`` (408;
+                the connection is closed and the work file removed).
             Conflict: refused for job ``xid`` (409).
         """
         expected = request.content_length
@@ -254,12 +256,8 @@ class Target:
             receipts.check(xid, key)
         wf = self.store.open_work(bck, obj)
         try:
-            if expected is not None and expected <= SMALL_OBJECT:
-                data = await request.read()
-                wf.write(data)
-            else:
-                async for chunk in request.content.iter_chunked(CHUNK):
-                    wf.write(chunk)
+            async for chunk in iter_body(request):  # a body idle past BODY_IDLE_TIMEOUT_S: 408, cut
+                wf.write(chunk)
             if expected is not None and wf.size != expected:
                 raise BadRequest(f"short body for \"ais://{bck}/{obj}\": got {wf.size} of {expected} bytes")
             if xid:
