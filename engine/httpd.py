@@ -144,7 +144,16 @@ def error_middleware(node_id: str) -> Any:
         except AioetlError as e:
             if e.status >= 500:
                 log.warning("request failed", method=request.method, path=request.path, status=e.status, err=e.message)
-            return error_response(request, e.status, e.message, node_id)
+            resp = error_response(request, e.status, e.message, node_id)
+            if isinstance(e, RequestTimeout):
+                # answer, then close at once: aiohttp would otherwise linger up to 10 s
+                # reading the rest of a body that is not coming
+                resp.force_close()
+                await resp.prepare(request)
+                await resp.write_eof()
+                if request.protocol is not None:
+                    request.protocol.force_close()  # the transport flushes the reply, then closes
+            return resp
         except InvalidXid as e:
             return error_response(request, 400, str(e), node_id)
         except web.HTTPException:
@@ -302,8 +311,8 @@ async def iter_body(request: web.Request, idle_timeout_s: float | None = None) -
             :data:`BODY_IDLE_TIMEOUT_S`).
 
     Raises:
-        RequestTimeout: no byte for ``idle_timeout_s``; the connection is marked to
-            close after the 408 (what is left of the body is never read).
+        RequestTimeout: no byte for ``idle_timeout_s``; the error middleware answers
+            408 and closes the connection (what is left of the body is never read).
     """
     idle = BODY_IDLE_TIMEOUT_S if idle_timeout_s is None else idle_timeout_s
     content = request.content
@@ -312,9 +321,6 @@ async def iter_body(request: web.Request, idle_timeout_s: float | None = None) -
             async with asyncio.timeout(idle):
                 chunk = await content.readany()
         except TimeoutError:
-            proto = request.protocol
-            if proto is not None:
-                proto.force_close()
             raise RequestTimeout(f"request body stalled: no data for {idle:g} s") from None
         if not chunk:
             return
