@@ -83,7 +83,7 @@ def cluster_up(
     except ClusterError as e:
         raise _die(str(e))
     console.print(f"cluster up in {time.monotonic() - t0:.1f}s: gateway {cl.endpoint}, "
-                  f"{len(cl.targets)} targets, data {cl.data_dir}")
+                  f"{len(cl.targets)} targets, data {cl.data_dir}, cluster secret {cl.secret_path} (0600)")
     out.print(cl.endpoint)
     if detach:
         return

@@ -50,7 +50,7 @@ TARGET_PUBLIC = {
     # object I/O (clients after the 307, and peers' PUTs), node info, the pods' per-ETL-secret route
     ("PUT", "/v1/objects/{tail}"), ("GET", "/v1/objects/{tail}"), ("HEAD", "/v1/objects/{tail}"),
     ("DELETE", "/v1/objects/{tail}"), ("PATCH", "/v1/objects/{tail}"), ("GET", "/v1/health"),
-    ("GET", "/v1/daemon"), ("*", "/v1/etl/_object/{tail}"),
+    ("GET", "/v1/daemon"), ("*", "/v1/etl/_object/{tail}"), ("GET", "/v1/etl"),
 }
 
 
@@ -109,7 +109,6 @@ def _internal_calls(cl: LocalCluster, bck: str) -> list[tuple[str, str, Any]]:
         ("PUT", f"{t}/v1/metasync", {"smap": None, "bmd": {"version": 1 << 30, "buckets": {}}}),
         ("GET", f"{t}/v1/buckets/{bck}?what=lsopage", {}),
         ("POST", f"{t}/v1/etl/_init", {"msg": {}, "secret": "s", "xid": "x"}),
-        ("GET", f"{t}/v1/etl", None),
         ("DELETE", f"{t}/v1/etl/none", None),
         ("GET", f"{t}/v1/etl/none/details", None),
         ("GET", f"{t}/v1/etl/none/logs", None),
