@@ -15,7 +15,7 @@ AIStore-worded messages and are not listed here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -54,10 +54,15 @@ class Metasync(msgspec.Struct):
 
 
 class Join(msgspec.Struct):
-    """``POST /v1/cluster/join`` (gateway): a target registers."""
+    """``POST /v1/cluster/join`` (gateway): a target registers.
 
-    daemon_id: str
-    url: str
+    The id is a file-name-safe token (it names the target's directories and logs) and
+    the URL an ``http(s)://host:port`` the gateway will redirect clients to, so a
+    garbage join cannot put an unusable node into the cluster map.
+    """
+
+    daemon_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")]
 
 
 class XactStart(msgspec.Struct):

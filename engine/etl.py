@@ -209,7 +209,10 @@ def load_spec_yaml(text: str) -> Any:
     """
     if len(text) > MAX_SPEC_BYTES:
         raise BadRequest(f'invalid "spec": larger than {MAX_SPEC_BYTES} bytes')
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # checks the characters: a ReaderError here
+    except yaml.YAMLError as e:
+        raise BadRequest(f'invalid "spec": malformed YAML: {e}') from None
     try:
         node = loader.get_single_node()
         if node is None:

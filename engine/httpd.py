@@ -62,6 +62,8 @@ MAX_INIT_JSON_BYTES = 64 << 20
 MAX_JSON_DEPTH = 64
 """Deepest nesting of a JSON body; AIStore's messages nest 4 levels at most."""
 _INIT_ROUTES = frozenset({("PUT", "/v1/etl"), ("POST", "/v1/etl/_init")})
+# routes whose handler reads the body itself (request.json()): checked before it runs
+_PREVALIDATE = frozenset({("POST", "/v1/cluster/join")})
 # public routes whose {id} is a job id that the handler passes on into paths
 # (the gateway's job-errors route forwards it to every target's report path)
 _XID_ROUTES = frozenset({("GET", "/v1/jobs/{id}/errors")})
@@ -104,14 +106,36 @@ def error_response(request: web.Request, status: int, message: str, node: str) -
     return web.Response(status=status, body=body, content_type="application/json")
 
 
+async def _prevalidate(request: web.Request) -> None:
+    """Check the body of a route whose handler parses it itself, before the handler runs.
+
+    The body is read with ``request.read()``, which aiohttp keeps for the handler's own
+    ``request.json()``. It runs before any inner middleware (so a malformed join
+    without the cluster credential is a 400, not a 401; it changes nothing either way).
+
+    Raises:
+        BadRequest: no Content-Length (411), too large (413), malformed, too deep or
+            the wrong shape (400).
+    """
+    n = request.content_length
+    if n is None:
+        raise BadRequest("request body needs a Content-Length", status=411)
+    if n > MAX_JSON_BYTES:
+        raise BadRequest(f"request body too large: {n} > {MAX_JSON_BYTES} bytes", status=413)
+    bad = await _body_fault(request)
+    if bad is not None:
+        raise bad
+
+
 async def _body_fault(request: web.Request) -> AioetlError | None:
-    """After a handler failed: the client's mistake in its (already read) JSON body, if any.
+    """The client's mistake in a route's JSON body (read and kept by aiohttp), if any.
 
     For the routes of :mod:`.bodies` whose handler parses the body itself (the
-    gateway's join reads ``request.json()``), a failure that the body explains
-    (malformed, too deep, wrong shape) is answered as the 400 it is, not a 500.
+    gateway's join reads ``request.json()``): :func:`_prevalidate` calls this before
+    the handler runs, so a body that is malformed, too deep or of the wrong shape is
+    the 400 it is, not a ``KeyError`` answered 500.
     """
-    if schema_for(*_route_key(request)) is None or not request.body_exists:
+    if schema_for(*_route_key(request)) is None:
         return None
     try:
         raw = await request.read()  # aiohttp keeps the bytes a handler read
@@ -138,8 +162,11 @@ def error_middleware(node_id: str) -> Any:
     @web.middleware
     async def mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if _route_key(request) in _XID_ROUTES:
+            key = _route_key(request)
+            if key in _XID_ROUTES:
                 validate_xid(request.match_info.get("id", ""))
+            elif key in _PREVALIDATE:
+                await _prevalidate(request)
             return await handler(request)
         except AioetlError as e:
             if e.status >= 500:
@@ -161,9 +188,6 @@ def error_middleware(node_id: str) -> Any:
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception as e:  # noqa: BLE001 - the boundary: every error becomes a response
-            bad = await _body_fault(request)
-            if bad is not None:  # a handler that read its body without read_json
-                return error_response(request, bad.status, bad.message, node_id)
             log.exception("internal error", method=request.method, path=request.path)
             return error_response(request, 500, f"internal error: {type(e).__name__}: {e}", node_id)
 
@@ -261,7 +285,7 @@ def check_body_shape(request: web.Request, doc: Any) -> None:
         BadRequest: the shape is wrong; the message names the field.
     """
     schema = schema_for(*_route_key(request))
-    if schema is None or doc is None:
+    if schema is None:
         return
     try:
         msgspec.convert(doc, schema)
@@ -281,7 +305,8 @@ async def read_json(request: web.Request, *, required: bool = True) -> Any:
             stalled (408).
     """
     doc = await _read_json_doc(request, required=required)
-    check_body_shape(request, doc)
+    if doc is not None or required:  # a JSON null where an object is required: 400
+        check_body_shape(request, doc)
     return doc
 
 
