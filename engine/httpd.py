@@ -116,12 +116,18 @@ async def _prevalidate(request: web.Request) -> None:
     Raises:
         BadRequest: no Content-Length (411), too large (413), malformed, too deep or
             the wrong shape (400).
+        RequestTimeout: the body is not all there after ``BODY_IDLE_TIMEOUT_S`` (408).
     """
     n = request.content_length
     if n is None:
         raise BadRequest("request body needs a Content-Length", status=411)
     if n > MAX_JSON_BYTES:
         raise BadRequest(f"request body too large: {n} > {MAX_JSON_BYTES} bytes", status=413)
+    try:
+        async with asyncio.timeout(BODY_IDLE_TIMEOUT_S):  # small bodies: the whole read, not each gap
+            await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"request body stalled: not complete after {BODY_IDLE_TIMEOUT_S:g} s") from None
     bad = await _body_fault(request)
     if bad is not None:
         raise bad

@@ -96,6 +96,26 @@ def test_stalled_upload_is_closed_after_the_idle_time_and_its_work_file_removed(
     assert r.status_code == 200
 
 
+def test_stalled_control_bodies_are_cut_too(idle_cluster: LocalCluster) -> None:
+    """A JSON body that stalls (a join on the gateway, metasync on a target) gets the same 408."""
+    (turl,) = target_urls(idle_cluster.endpoint).values()
+    with open(idle_cluster.secret_path) as f:
+        auth = f"{HEADER}: {f.read().strip()}\r\n"
+    for base, path in ((idle_cluster.endpoint, "/v1/cluster/join"), (turl, "/v1/metasync")):
+        u = urlsplit(base)
+        method = "POST" if "join" in path else "PUT"
+        s = socket.create_connection((u.hostname, u.port), timeout=30)
+        try:
+            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: {u.netloc}\r\n{auth}Content-Length: 100\r\n\r\n{{".encode())
+            t0 = time.monotonic()
+            reply = _read_until_closed(s, 30)
+            took = time.monotonic() - t0
+        finally:
+            s.close()
+        assert reply.startswith(b"HTTP/1.1 408"), (path, reply[:200])
+        assert took < IDLE_S + 10, (path, took)
+
+
 def test_slow_but_steady_upload_is_not_cut(idle_cluster: LocalCluster) -> None:
     """The timeout is on silence, not on the whole body: 4 pieces 1 s apart (> IDLE_S total) pass."""
     ep = idle_cluster.endpoint
