@@ -5,6 +5,7 @@ Layout (AIStore ``fs/fs.go``, ``fs/content.go``)::
     <mountpath>/@ais/<bucket>/%ob/<object name>    the object bytes (pods open these)
     <mountpath>/@ais/<bucket>/%wk/<random>         work files being written
     <mountpath>/%trash/<bucket>.<ns>               destroyed buckets awaiting removal
+    <mountpath>/.aioetl.bmd.json                   this target's last BMD (a copy per mountpath)
 
 Object metadata (the LOM: size, xxhash64 checksum, version, atime, custom
 metadata) lives in the ``user.ais.lom`` extended attribute of the object file,
@@ -20,14 +21,16 @@ tmpfs (``Mountpath.volatile``), where a thread hop would cost more.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
+import json
 import os
 import secrets
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import msgspec
 import xxhash
@@ -56,6 +59,7 @@ XATTR = "user.ais.lom"
 _OBJ_DIR = "%ob"
 _WORK_DIR = "%wk"
 _TRASH_DIR = "%trash"
+_BMD_COPY = ".aioetl.bmd.json"
 
 
 class LomMD(msgspec.Struct, array_like=True):
@@ -402,6 +406,47 @@ class Store:
             except FileNotFoundError:
                 continue
             out.append(dst)
+        return out
+
+    # -- BMD copies (AIStore keeps the BMD on every mountpath, ``cmn/bmd`` "persist on mountpaths") --
+    def save_bmd_copy(self, bmd: dict[str, Any]) -> None:
+        """Write ``bmd`` to ``<mountpath>/.aioetl.bmd.json`` on every mountpath (atomic rename;
+        a failure to write one copy is logged by the caller's next load, not raised)."""
+        data = json.dumps(bmd, separators=(",", ":")).encode()
+        for mp in self.mountpaths:
+            path = os.path.join(mp.path, _BMD_COPY)
+            tmp = f"{path}.{_PID[0]}.tmp"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    if not mp.volatile:
+                        f.flush()
+                        os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+    def load_bmd_copy(self) -> dict[str, Any] | None:
+        """The newest readable BMD copy on the mountpaths, or None."""
+        best: dict[str, Any] | None = None
+        for mp in self.mountpaths:
+            try:
+                with open(os.path.join(mp.path, _BMD_COPY), "rb") as f:
+                    doc = json.loads(f.read())
+            except (OSError, ValueError):
+                continue
+            if (isinstance(doc, dict) and isinstance(doc.get("buckets"), dict) and isinstance(doc.get("version"), int)
+                    and (best is None or doc["version"] > best["version"])):
+                best = doc
+        return best
+
+    def bucket_names_on_disk(self) -> set[str]:
+        """Names of the bucket directories on any mountpath."""
+        out: set[str] = set()
+        for mp in self.mountpaths:
+            with contextlib.suppress(OSError):
+                out.update(e.name for e in os.scandir(os.path.join(mp.path, "@ais")) if e.is_dir())
         return out
 
     def cleanup_on_start(self) -> int:

@@ -152,7 +152,7 @@ class Target:
         self.node_id = cfg.node_id
         self.store = Store(cfg.mountpaths)
         self.smap: Smap | None = None
-        self.bmd: dict[str, Any] = {"version": 0, "buckets": {}}
+        self.bmd: dict[str, Any] = self.store.load_bmd_copy() or {"version": 0, "buckets": {}}
         self.url = ""
         self._lists: dict[str, _ListSession] = {}
         self.session: aiohttp.ClientSession | None = None
@@ -434,21 +434,35 @@ class Target:
         self.apply_meta(doc)
         return web.Response(status=200)
 
-    def apply_meta(self, doc: dict[str, Any]) -> None:
+    def apply_meta(self, doc: dict[str, Any], *, joining: bool = False) -> None:
+        """Take a newer smap and BMD; destroy the buckets the BMD dropped or recreated.
+
+        Args:
+            doc: ``{"smap": ..., "bmd": {"version", "buckets": {name: props}}}``.
+            joining: the gateway's answer to this target's join: its BMD is taken
+                whatever its version, and compared with the copy this target kept on
+                its mountpaths before it went down (as AIStore keeps BMD copies on
+                mountpaths), so a bucket destroyed or recreated meanwhile is destroyed
+                here too and its old objects never come back.
+        """
         if "smap" in doc:
             smap = Smap.from_json(doc["smap"])
             if self.smap is None or smap.version >= self.smap.version:
                 self.smap = smap
         bmd = doc.get("bmd")
-        if bmd is not None and bmd["version"] >= self.bmd["version"]:
+        if bmd is not None and (joining or bmd["version"] >= self.bmd["version"]):
             old = self.bmd["buckets"]
             new = bmd["buckets"]
-            for bck, props in old.items():
-                if bck not in new or new[bck].get("bid") != props.get("bid"):
-                    self.log.info("destroying bucket", bck=bck)
-                    trash = self.store.destroy_bucket(bck)  # instant rename; removal in a child process
-                    if trash:
-                        self._background(remove_trash_async(trash), f"removing destroyed bucket {bck}")
+            doomed = [b for b, props in old.items() if b not in new or new[b].get("bid") != props.get("bid")]
+            if joining:  # bucket directories no BMD copy knows of (e.g. created and destroyed while down)
+                doomed += [b for b in self.store.bucket_names_on_disk() if b not in new and b not in old]
+            for bck in doomed:
+                self.log.info("destroying bucket", bck=bck)
+                trash = self.store.destroy_bucket(bck)  # instant rename; removal in a child process
+                if trash:
+                    self._background(remove_trash_async(trash), f"removing destroyed bucket {bck}")
+            if bmd != self.bmd:
+                self.store.save_bmd_copy(bmd)
             self.bmd = bmd
 
     async def health(self, request: web.Request) -> web.StreamResponse:
@@ -476,7 +490,7 @@ class Target:
             try:
                 async with self.session.post(f"{self.cfg.gateway_url}/v1/cluster/join", json=body) as r:
                     if r.status == 200:
-                        self.apply_meta(await r.json())
+                        self.apply_meta(await r.json(), joining=True)
                         return
                     text = await r.text()
                     raise RuntimeError(f"gateway refused join: {r.status} {text}")
