@@ -348,11 +348,15 @@ async def iter_body(request: web.Request, idle_timeout_s: float | None = None) -
     idle = BODY_IDLE_TIMEOUT_S if idle_timeout_s is None else idle_timeout_s
     content = request.content
     while True:
-        try:
-            async with asyncio.timeout(idle):
-                chunk = await content.readany()
-        except TimeoutError:
-            raise RequestTimeout(f"request body stalled: no data for {idle:g} s") from None
+        chunk = content.read_nowait()  # what has arrived already: no timer for it
         if not chunk:
-            return
+            if content.is_eof():
+                return
+            try:
+                async with asyncio.timeout(idle):
+                    chunk = await content.readany()
+            except TimeoutError:
+                raise RequestTimeout(f"request body stalled: no data for {idle:g} s") from None
+            if not chunk:
+                return
         yield chunk
