@@ -4,9 +4,16 @@
 embedded default, no Kubernetes) runs each pod as a child process of its
 target on 127.0.0.1 and a free port:
 
-- in its own PID namespace when the OS allows (``unshare --pid --fork
-  --kill-child --mount-proc``), so a transform that signals PID 1 reaches only
-  its own pod;
+- confined where the OS allows (:func:`confinement`, :func:`sandbox_argv`):
+  bubblewrap gives it its own user, mount, PID, IPC and UTS namespaces, uid
+  65534 with no capabilities, a filesystem that shows read-only only the
+  system and Python files it needs, its target's mountpaths (FQN reads) and,
+  writable, its own working directory; Landlock lets it bind TCP only on its
+  own port (so never 0.0.0.0 beside it). AIStore's pods are Kubernetes pods
+  with their own container filesystem, which this stands in for. Where
+  bubblewrap cannot run, a warning is logged once and the pod gets only its own
+  PID namespace (``unshare --pid --fork --kill-child --mount-proc``) when that
+  works;
 - with the environment AIStore gives pods (``ext/etl/boot.go``):
   ``AIS_TARGET_URL`` = ``<target>/v1/etl/_object/<etl>/<secret>``,
   ``direct_put``, then the user's env;
@@ -44,7 +51,8 @@ import structlog
 from .errors import BadRequest
 from .etl import EtlSpec
 
-__all__ = ["BUILTIN_IMAGES", "LocalPod", "LocalProcessRuntime", "PodError", "PodRuntime", "resolve_builtin"]
+__all__ = ["BUILTIN_IMAGES", "Confinement", "LocalPod", "LocalProcessRuntime", "PodError", "PodRuntime", "confinement", "resolve_builtin",
+           "sandbox_argv"]
 
 log = structlog.get_logger("aioetl.pods")
 
@@ -94,6 +102,218 @@ def _pid_ns_supported() -> bool:
         return r.returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
+
+
+# -- confinement ----------------------------------------------------------------
+POD_UID = 65534  # "nobody" inside the pod's user namespace
+
+# Run inside the sandbox before the pod's command (python -I -S -c ...): Landlock
+# (Linux >= 6.7, ABI 4) lets the process tree bind TCP only on the pod's own port,
+# and (ABI 6) neither signal processes nor reach abstract unix sockets outside its
+# domain. Prints one line to stderr when the kernel lacks it, then execs anyway.
+_LANDLOCK_EXEC = r"""
+import ctypes, os, struct, sys
+port, cmd = int(sys.argv[1]), sys.argv[2:]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+abi = libc.syscall(444, None, 0, 1)
+if abi >= 4:
+    attr = struct.pack("QQQ", 0, 1, 3) if abi >= 6 else struct.pack("QQ", 0, 1)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    fd = libc.syscall(444, buf, len(attr), 0)
+    rule = ctypes.create_string_buffer(struct.pack("QQ", 1, port), 16)
+    ok = fd >= 0 and libc.syscall(445, fd, 2, rule, 0) == 0 and libc.prctl(38, 1, 0, 0, 0) == 0 \
+        and libc.syscall(446, fd, 0) == 0
+    if not ok:
+        sys.exit("aioetl pod sandbox: Landlock refused (errno %d); not starting" % ctypes.get_errno())
+else:
+    sys.stderr.write("aioetl pod sandbox: no Landlock network rules on this kernel; binds are not limited\n")
+os.execv(cmd[0], cmd)
+"""
+
+_ETC_FILES = ("ssl", "ca-certificates", "ca-certificates.conf", "pki", "hosts", "resolv.conf", "nsswitch.conf",
+              "passwd", "group", "localtime", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives",
+              "mime.types", "protocols", "services", "os-release", "debian_version", "gai.conf", "host.conf")
+_ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+class Confinement:
+    """Whether pods can be confined here, and why not (see :func:`confinement`).
+
+    Attributes:
+        ok: bubblewrap ran a test sandbox (user, mount and PID namespaces).
+        reason: empty when ``ok``; else what failed, for the warning.
+        bwrap: path of ``bwrap`` when found.
+        landlock_abi: the kernel's Landlock ABI (0: none); binds are limited from 4.
+    """
+
+    def __init__(self, ok: bool, reason: str, bwrap: str | None, landlock_abi: int) -> None:
+        self.ok, self.reason, self.bwrap, self.landlock_abi = ok, reason, bwrap, landlock_abi
+
+    def warning(self) -> str:
+        """The one-line warning shown when pods run unconfined ('' when confined)."""
+        if self.ok:
+            return ""
+        return ("pods are NOT confined (" + self.reason + "): ETL code runs with the target's uid, "
+                "capabilities and view of the filesystem, including the data root's metadata and secrets. "
+                "Install bubblewrap (apt-get install bubblewrap) on a kernel that allows user namespaces.")
+
+
+def _landlock_abi() -> int:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        return max(0, int(libc.syscall(444, None, 0, 1)))
+    except (OSError, AttributeError):
+        return 0
+
+
+_CONFINEMENT: Confinement | None = None
+_WARNED = False
+
+
+def confinement() -> Confinement:
+    """Check once per process whether pods can be confined here.
+
+    Runs ``bwrap`` with the namespaces :func:`sandbox_argv` uses around ``true``;
+    the result is cached. Never raises: a machine without bubblewrap, or whose
+    kernel refuses user namespaces (``kernel.unprivileged_userns_clone=0``, a
+    container without ``CAP_SYS_ADMIN``), gets ``ok=False`` and the reason.
+    """
+    global _CONFINEMENT
+    if _CONFINEMENT is not None:
+        return _CONFINEMENT
+    import subprocess
+
+    abi = _landlock_abi()
+    bwrap = shutil.which("bwrap")
+    if not sys.platform.startswith("linux"):
+        _CONFINEMENT = Confinement(False, f"not Linux ({sys.platform})", bwrap, 0)
+    elif not bwrap:
+        _CONFINEMENT = Confinement(False, "bwrap (Debian package bubblewrap) is not installed", None, abi)
+    else:
+        argv = [bwrap, "--unshare-user", "--uid", str(POD_UID), "--gid", str(POD_UID), "--unshare-pid",
+                "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--cap-drop", "ALL",
+                "--ro-bind", "/", "/", "--proc", "/proc", "--", "true"]
+        try:
+            r = subprocess.run(argv, capture_output=True, timeout=20)
+            err = r.stderr.decode(errors="replace").strip()
+            _CONFINEMENT = Confinement(r.returncode == 0, f"bwrap failed: {err or r.returncode}", bwrap, abi)
+        except (OSError, subprocess.SubprocessError) as e:
+            _CONFINEMENT = Confinement(False, f"bwrap failed: {e}", bwrap, abi)
+        if _CONFINEMENT.ok:
+            _CONFINEMENT.reason = ""
+    return _CONFINEMENT
+
+
+def _warn_unconfined_once(c: Confinement) -> None:
+    global _WARNED
+    if not c.ok and not _WARNED:
+        _WARNED = True
+        log.warning("pods are not confined", reason=c.reason, detail=c.warning())
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _python_paths(pythons: list[str]) -> list[str]:
+    """Read-only paths a Python pod needs: prefixes of this interpreter and of each
+    pod interpreter, and every directory on ``sys.path`` (venv site-packages, .pth
+    additions, PYTHONPATH, the aioetl source tree)."""
+    out = [sys.prefix, sys.base_prefix, sys.exec_prefix, _PKG_PARENT]
+    for py in pythons:
+        real = os.path.realpath(py)
+        out.append(os.path.dirname(os.path.dirname(real)))
+    out += [p for p in sys.path if p and os.path.isabs(p)]
+    return out
+
+
+def sandbox_argv(*, bwrap: str, python: str, data_dir: str, mountpaths: list[str], pod_dir: str,
+                 ro_paths: list[str], bind_port: int, landlock: bool = True) -> list[str]:
+    """The command prefix that confines a pod (a pure function of its inputs).
+
+    What the pod gets:
+
+    - its own user namespace as uid/gid 65534 with no capabilities (``--cap-drop
+      ALL``), and its own PID (``/proc`` shows only the pod), IPC and UTS
+      namespaces; it dies with its target (``--die-with-parent``);
+    - a filesystem built from nothing (a read-only root) that shows, read-only:
+      ``/usr`` and the ``/bin``, ``/lib*``, ``/sbin`` links, a few ``/etc`` files
+      (``ssl``, ``hosts``, ``resolv.conf``, ``passwd``, ``group``, ``ld.so.*``,
+      ``alternatives``...; never ``shadow``), each of ``ro_paths`` (the Python
+      interpreter, its site-packages, the aioetl source tree, the pod's venv,
+      files its command names), and the target's ``mountpaths`` (FQN reads);
+      writable: ``pod_dir`` only (``HOME`` is it and ``TMPDIR`` its ``tmp``;
+      ``/`` is read-only, so ``/tmp`` is not writable). The rest of ``data_dir`` (metadata with every ETL's secret,
+      the cluster secret, job records, other targets' mountpaths, other pods'
+      directories) is hidden behind an empty tmpfs even where a read-only path
+      contains it; any ``ro_paths`` entry inside ``data_dir`` is dropped;
+    - the host's network namespace (it binds 127.0.0.1 and reaches targets on
+      127.0.0.x) with Landlock allowing TCP binds on ``bind_port`` only, so it
+      cannot listen on 0.0.0.0 or any other port (``landlock=False`` leaves it out).
+
+    Args:
+        bwrap: path of the ``bwrap`` binary.
+        python: interpreter inside the sandbox that applies Landlock and execs.
+        data_dir: the cluster's data root.
+        mountpaths: the target's mountpaths (absolute).
+        pod_dir: the pod's working directory (created by the caller).
+        ro_paths: extra read-only paths (absolute; missing ones are skipped).
+        bind_port: the only TCP port the pod may bind.
+
+    Returns:
+        argv to put before the pod's command.
+    """
+    data_dir = os.path.realpath(data_dir)
+    a = [bwrap, "--unshare-user", "--uid", str(POD_UID), "--gid", str(POD_UID), "--unshare-pid",
+         "--as-pid-1", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent",
+         "--cap-drop", "ALL",
+         "--proc", "/proc", "--dev", "/dev", "--ro-bind", "/usr", "/usr"]
+    for name in _ROOT_LINKS:
+        path = "/" + name
+        if os.path.islink(path):
+            a += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            a += ["--ro-bind", path, path]
+    for name in _ETC_FILES:
+        a += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    allowed = [os.path.realpath(p) for p in mountpaths] + [os.path.realpath(pod_dir)]
+    roots: list[str] = []
+    for p in sorted({os.path.realpath(p) for p in ro_paths if p and os.path.isabs(p)}, key=len):
+        if not os.path.exists(p) or any(_under(p, r) for r in roots) or _under(p, "/usr"):
+            continue
+        if _under(p, data_dir):
+            allowed.insert(0, p)  # e.g. a pod venv in <data>/etl-venvs: mounted after the mask
+            continue
+        roots.append(p)
+        a += ["--ro-bind", p, p]
+    if any(_under(data_dir, r) for r in roots):
+        a += ["--tmpfs", data_dir]  # hide the data root where a read-only path contains it
+    for p in allowed[:-1]:
+        if os.path.exists(p):
+            a += ["--ro-bind", p, p]
+    pod_dir = os.path.realpath(pod_dir)
+    a += ["--bind", pod_dir, pod_dir, "--remount-ro", "/", "--chdir", pod_dir,
+          "--setenv", "HOME", pod_dir, "--setenv", "TMPDIR", os.path.join(pod_dir, "tmp"), "--"]
+    if landlock:
+        a += [python, "-I", "-S", "-c", _LANDLOCK_EXEC, str(bind_port)]
+    return a
+
+
+def _target_mountpaths(data_dir: str, target_id: str) -> list[str]:
+    """A target's mountpaths: from ``<data>/cluster.json`` (the launcher's layout),
+    else the ``--mountpath`` arguments of this (target) process."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        with open(os.path.join(data_dir, "cluster.json")) as f:
+            layout = json.load(f)
+        for t in layout["targets"]:
+            if t["id"] == target_id:
+                return [os.path.join(data_dir, mp) for mp in t["mountpaths"]]
+    argv = sys.argv
+    return [os.path.abspath(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == "--mountpath"]
 
 
 _VENV_LAYOUT = 2  # bump when the layout of cached pod venvs changes (old ones are then rebuilt)
@@ -301,13 +521,30 @@ class LocalProcessRuntime:
         data_dir: cluster data root; virtual environments are cached in
             ``<data_dir>/etl-venvs`` and pod pid files kept in ``<data_dir>/etl-pods``.
         python: interpreter for Python pods (default: this one).
-        pid_namespace: ``None`` = use one when ``unshare`` works here.
+        pid_namespace: ``None`` = use one when ``unshare`` works here (only
+            used when pods are not confined).
+        confine: ``None`` = confine pods (:func:`sandbox_argv`) when
+            :func:`confinement` says this machine can; ``False`` = never (a
+            warning is logged once when ``None`` finds it cannot).
+        mountpaths: per target id, the mountpaths its pods may read; default:
+            ``<data_dir>/cluster.json``, else this process's ``--mountpath`` args.
     """
 
-    def __init__(self, data_dir: str, *, python: str = sys.executable, pid_namespace: bool | None = None) -> None:
+    def __init__(self, data_dir: str, *, python: str = sys.executable, pid_namespace: bool | None = None,
+                 confine: bool | None = None, mountpaths: dict[str, list[str]] | None = None) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.python = python
-        self.pid_namespace = _pid_ns_supported() if pid_namespace is None else pid_namespace
+        c = confinement() if confine is not False else None
+        self.confined = bool(c and c.ok)
+        self.landlock = bool(c and c.landlock_abi >= 4)
+        self._bwrap = c.bwrap if c else None
+        if c is not None and not c.ok:
+            _warn_unconfined_once(c)
+        self._mountpaths = dict(mountpaths or {})
+        if self.confined:
+            self.pid_namespace = True
+        else:
+            self.pid_namespace = _pid_ns_supported() if pid_namespace is None else pid_namespace
 
     # -- leftovers -----------------------------------------------------------
     def _pidfile(self, target_id: str) -> str:
@@ -450,8 +687,12 @@ class LocalProcessRuntime:
         if _is_runtime_image(spec.image):
             env["PATH"] = _pod_path(pod_dir, cmd[0], spec.env_value("OS_PACKAGES") or "")
         # absolute: the pod's PATH may be its own small one (see _pod_path)
-        prefix = [shutil.which("unshare") or "unshare", "--pid", "--fork", "--kill-child", "--mount-proc"] \
-            if self.pid_namespace else []
+        if self.confined and self._bwrap:
+            prefix = self._sandbox_prefix(spec, target_id, cmd, pod_dir, port)
+        elif self.pid_namespace:
+            prefix = [shutil.which("unshare") or "unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
+        else:
+            prefix = []
         proc = await asyncio.create_subprocess_exec(
             *prefix, *cmd, env=env, cwd=pod_dir, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
@@ -479,9 +720,25 @@ class LocalProcessRuntime:
         pod._watcher = asyncio.ensure_future(watch())  # not awaited by stop(): on_exit may call stop()
         return pod
 
+    def _sandbox_prefix(self, spec: EtlSpec, target_id: str, cmd: list[str], pod_dir: str, port: int) -> list[str]:
+        """:func:`sandbox_argv` for one pod: its target's mountpaths, its working
+        directory and the Python it runs (a raw command's other files must be under
+        those paths, as a container's files are in its image)."""
+        assert self._bwrap
+        mps = self._mountpaths.get(target_id) or _target_mountpaths(self.data_dir, target_id)
+        os.makedirs(os.path.join(pod_dir, "tmp"), exist_ok=True)
+        pythons = [self.python, cmd[0]] if "python" in os.path.basename(cmd[0]) else [self.python]
+        ro = _python_paths(pythons)
+        venvs = os.path.join(self.data_dir, "etl-venvs")
+        if _under(os.path.abspath(cmd[0]), venvs):
+            ro.append(os.path.dirname(os.path.dirname(os.path.abspath(cmd[0]))))  # the pod's PACKAGES venv
+        return sandbox_argv(bwrap=self._bwrap, python=self.python, data_dir=self.data_dir, mountpaths=mps,
+                            pod_dir=pod_dir, ro_paths=ro, bind_port=port, landlock=self.landlock)
+
     def forget(self, target_id: str, name: str) -> None:
         self._record(target_id, name, None)
 
 
 def pod_info(pod: LocalPod) -> dict[str, Any]:
+    """What a target reports about one pod (url, pid, namespaces, phase)."""
     return {"url": pod.url, "pid": pod.pid, "pid_namespace": pod.pid_namespace, "phase": pod.phase()}
