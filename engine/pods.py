@@ -249,8 +249,9 @@ def sandbox_argv(*, bwrap: str, python: str, data_dir: str, mountpaths: list[str
       writable: ``pod_dir`` only (``HOME`` is it and ``TMPDIR`` its ``tmp``;
       ``/`` is read-only, so ``/tmp`` is not writable). The rest of ``data_dir`` (metadata with every ETL's secret,
       the cluster secret, job records, other targets' mountpaths, other pods'
-      directories) is hidden behind an empty tmpfs even where a read-only path
-      contains it; any ``ro_paths`` entry inside ``data_dir`` is dropped;
+      directories) is an empty read-only tmpfs holding only the mount points of
+      what is shown; ``ro_paths`` entries inside it are mounted after it; ``/dev``
+      is the sandbox's own small tmpfs (``/dev/shm`` there is private to the pod);
     - the host's network namespace (it binds 127.0.0.1 and reaches targets on
       127.0.0.x) with Landlock allowing TCP binds on ``bind_port`` only, so it
       cannot listen on 0.0.0.0 or any other port (``landlock=False`` leaves it out).
@@ -290,13 +291,12 @@ def sandbox_argv(*, bwrap: str, python: str, data_dir: str, mountpaths: list[str
             continue
         roots.append(p)
         a += ["--ro-bind", p, p]
-    if any(_under(data_dir, r) for r in roots):
-        a += ["--tmpfs", data_dir]  # hide the data root where a read-only path contains it
+    a += ["--tmpfs", data_dir]  # the data root: empty (hides it where a read-only path contains it)
     for p in allowed[:-1]:
         if os.path.exists(p):
             a += ["--ro-bind", p, p]
     pod_dir = os.path.realpath(pod_dir)
-    a += ["--bind", pod_dir, pod_dir, "--remount-ro", "/", "--chdir", pod_dir,
+    a += ["--bind", pod_dir, pod_dir, "--remount-ro", data_dir, "--remount-ro", "/", "--chdir", pod_dir,
           "--setenv", "HOME", pod_dir, "--setenv", "TMPDIR", os.path.join(pod_dir, "tmp"), "--"]
     if landlock:
         a += [python, "-I", "-S", "-c", _LANDLOCK_EXEC, str(bind_port)]
