@@ -2,6 +2,9 @@
 #   .venv         aioetl + aistore[etl]==2.0.0 (all tests)
 #   .venv-sdk126  aioetl + aistore[etl]==1.26.0 (the SDK end-to-end tests again)
 # The two SDK versions cannot share one environment.
+# Pods are confined with bubblewrap (`bwrap`, Debian package bubblewrap; .ci/run
+# installs it): tests/test_pod_confinement.py fails without it and skips only
+# where the kernel refuses user namespaces.
 PY ?= python3
 VENV := .venv
 VENV126 := .venv-sdk126

@@ -84,6 +84,10 @@ def cluster_up(
         raise _die(str(e))
     console.print(f"cluster up in {time.monotonic() - t0:.1f}s: gateway {cl.endpoint}, "
                   f"{len(cl.targets)} targets, data {cl.data_dir}, cluster secret {cl.secret_path} (0600)")
+    from .pods import confinement
+
+    if not confinement().ok:  # said once here; each target also logs it once
+        console.print(f"[yellow]warning:[/yellow] {confinement().warning()}")
     out.print(cl.endpoint)
     if detach:
         return
