@@ -250,7 +250,8 @@ def sandbox_argv(*, bwrap: str, python: str, data_dir: str, mountpaths: list[str
       ``/`` is read-only, so ``/tmp`` is not writable). The rest of ``data_dir`` (metadata with every ETL's secret,
       the cluster secret, job records, other targets' mountpaths, other pods'
       directories) is an empty read-only tmpfs holding only the mount points of
-      what is shown; ``ro_paths`` entries inside it are mounted after it; ``/dev``
+      what is shown; of ``ro_paths`` inside it only ``<data>/etl-venvs/<key>``
+      (a pod venv) is mounted, after it, the others are dropped; ``/dev``
       is the sandbox's own small tmpfs (``/dev/shm`` there is private to the pod);
     - the host's network namespace (it binds 127.0.0.1 and reaches targets on
       127.0.0.x) with Landlock allowing TCP binds on ``bind_port`` only, so it
@@ -284,10 +285,13 @@ def sandbox_argv(*, bwrap: str, python: str, data_dir: str, mountpaths: list[str
     allowed = [os.path.realpath(p) for p in mountpaths] + [os.path.realpath(pod_dir)]
     roots: list[str] = []
     for p in sorted({os.path.realpath(p) for p in ro_paths if p and os.path.isabs(p)}, key=len):
-        if not os.path.exists(p) or any(_under(p, r) for r in roots) or _under(p, "/usr"):
+        if not os.path.exists(p):
             continue
-        if _under(p, data_dir):
-            allowed.insert(0, p)  # e.g. a pod venv in <data>/etl-venvs: mounted after the mask
+        if _under(p, data_dir):  # only a pod venv (<data>/etl-venvs/<key>), mounted after the mask
+            if _under(p, os.path.join(data_dir, "etl-venvs")) and p != os.path.join(data_dir, "etl-venvs"):
+                allowed.insert(0, p)
+            continue
+        if any(_under(p, r) for r in roots) or _under(p, "/usr"):
             continue
         roots.append(p)
         a += ["--ro-bind", p, p]
