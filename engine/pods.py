@@ -257,6 +257,10 @@ def sandbox_argv(*, bwrap: str, python: str, data_dir: str, mountpaths: list[str
       127.0.0.x) with Landlock allowing TCP binds on ``bind_port`` only, so it
       cannot listen on 0.0.0.0 or any other port (``landlock=False`` leaves it out).
 
+    AIStore's pods are Kubernetes pods: their own container filesystem, user and
+    network, with the target's mountpaths mounted in for FQN reads. This is the
+    local stand-in; unlike Kubernetes it shares the host's loopback.
+
     Args:
         bwrap: path of the ``bwrap`` binary.
         python: interpreter inside the sandbox that applies Landlock and execs.
