@@ -86,7 +86,7 @@ def cluster_up(
                   f"{len(cl.targets)} targets, data {cl.data_dir}, cluster secret {cl.secret_path} (0600)")
     from .pods import confinement
 
-    if not confinement().ok:  # said once here; each target also logs it once
+    if confinement().warning():  # said once here; each target also logs it once
         console.print(f"[yellow]warning:[/yellow] {confinement().warning()}")
     out.print(cl.endpoint)
     if detach:

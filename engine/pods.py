@@ -151,7 +151,11 @@ class Confinement:
         self.ok, self.reason, self.bwrap, self.landlock_abi = ok, reason, bwrap, landlock_abi
 
     def warning(self) -> str:
-        """The one-line warning shown when pods run unconfined ('' when confined)."""
+        """The one-line warning shown when pods run unconfined or their binds are not
+        limited ('' when fully confined)."""
+        if self.ok and self.landlock_abi < 4:
+            return ("pods are confined, but this kernel has no Landlock network rules (Linux >= 6.7): "
+                    "a pod can listen on any port and on 0.0.0.0")
         if self.ok:
             return ""
         return ("pods are NOT confined (" + self.reason + "): ETL code runs with the target's uid, "
@@ -210,9 +214,10 @@ def confinement() -> Confinement:
 
 def _warn_unconfined_once(c: Confinement) -> None:
     global _WARNED
-    if not c.ok and not _WARNED:
+    if c.warning() and not _WARNED:
         _WARNED = True
-        log.warning("pods are not confined", reason=c.reason, detail=c.warning())
+        log.warning("pods are not confined" if not c.ok else "pod binds are not limited",
+                    reason=c.reason, detail=c.warning())
 
 
 def _under(path: str, root: str) -> bool:
@@ -546,7 +551,7 @@ class LocalProcessRuntime:
         self.confined = bool(c and c.ok)
         self.landlock = bool(c and c.landlock_abi >= 4)
         self._bwrap = c.bwrap if c else None
-        if c is not None and not c.ok:
+        if c is not None:
             _warn_unconfined_once(c)
         self._mountpaths = dict(mountpaths or {})
         if self.confined:

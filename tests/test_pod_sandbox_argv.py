@@ -95,3 +95,4 @@ def test_unconfined_warning_is_logged_once(monkeypatch: pytest.MonkeyPatch, tmp_
         assert not rt.confined
     assert len(seen) == 1 and "NOT confined" in seen[0] and "user namespaces are disabled" in seen[0]
     assert pods.Confinement(True, "", "/usr/bin/bwrap", 7).warning() == ""
+    assert "Landlock" in pods.Confinement(True, "", "/usr/bin/bwrap", 3).warning()
