@@ -376,6 +376,7 @@ class _WsConn:
         self.send_lock = asyncio.Lock()
         self.broken = False  # no new requests: closing after an anomaly or a timeout
         self.busy = False  # order mode: a request is in flight
+        self.used = False  # order mode: the connection has carried its one request
         self.reader: asyncio.Task[None] | None = None
 
     @property
@@ -394,11 +395,12 @@ class WsComm(_Comm):
       dropped (logged); a TEXT frame or a malformed frame, which names no request,
       closes the connection and fails the requests in flight on it.
     - Any other pod (AIStore's order-based protocol, ``ext/etl/websocket_comm.go``):
-      one request in flight per connection, at least :data:`WS_ORDER_CONNS`
-      connections, so a reply provably belongs to the one request. A timeout, an
-      unsolicited reply, or a reply of the wrong kind (bytes where a direct put was
-      asked for, "delivered" where none was) closes that connection: nothing it
-      sends afterwards is attributed to anything.
+      one request per connection, then the connection is closed, at most
+      ``max(n_conns, WS_ORDER_CONNS)`` at a time, so a reply provably belongs to the
+      one request (a reply that names no request could otherwise, arriving late,
+      be taken for the next one's). A timeout, an unsolicited reply, or a reply of
+      the wrong kind (bytes where a direct put was asked for, "delivered" where none
+      was) fails that request; nothing else ever rides on its connection.
     """
 
     def __init__(self, etl: str, pod_url: str, obj_timeout_s: float, session: aiohttp.ClientSession,
@@ -412,6 +414,7 @@ class WsComm(_Comm):
         self._ids = itertools.count(1)
         self._order_mode: bool | None = None  # known after the first connection
         self._slots: asyncio.Semaphore | None = None  # order mode: one request per connection
+        self._closing: set[asyncio.Future[Any]] = set()  # order mode: retired connections closing
 
     @property
     def ids(self) -> bool:
@@ -499,17 +502,27 @@ class WsComm(_Comm):
                 self.n_conns = min(self.n_conns, self.conns_per_process * c.worker[1])
 
     async def _pick_ordered(self) -> _WsConn:
-        """A connection with nothing in flight (the caller holds a slot, so one exists or
-        may be dialed)."""
+        """A connection that has carried no request yet (the first one dialed), else a new
+        one: the caller holds one of ``n_conns`` slots, which bounds the connections."""
         for c in self.conns:
-            if c.usable and not c.busy:
-                c.busy = True
+            if c.usable and not c.busy and not c.used:
+                c.busy = c.used = True
                 return c
-        async with self._dial_lock:
-            c = await self._dial()
-            self.conns.append(c)
-        c.busy = True
+        c = await self._dial()
+        self.conns.append(c)
+        c.busy = c.used = True
         return c
+
+    def _retire(self, c: _WsConn) -> None:
+        """Order mode: a connection carries one request. A reply that comes after the one
+        awaited (a pod that answers twice, late) could otherwise be taken for the next
+        request's: on a connection that carries nothing else it is attributed to nothing."""
+        c.broken = True
+        if c in self.conns:
+            self.conns.remove(c)
+        task = asyncio.ensure_future(c.ws.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _pick(self) -> _WsConn:
         live = [c for c in self.conns if c.usable]
@@ -578,6 +591,8 @@ class WsComm(_Comm):
         finally:
             if c is not None:
                 c.busy = False
+                if slots is not None:
+                    self._retire(c)
             if slots is not None:
                 slots.release()
 
@@ -628,3 +643,4 @@ class WsComm(_Comm):
             if c.reader is not None:
                 await asyncio.gather(c.reader, return_exceptions=True)
         self.conns.clear()
+        await asyncio.gather(*self._closing, return_exceptions=True)

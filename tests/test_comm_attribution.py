@@ -64,6 +64,11 @@ async def _scripted_pod(ids: bool) -> tuple[web.AppRunner, str, dict[str, int]]:
                 await reply(ctrl, out)
             elif p.startswith("slow"):
                 tasks.append(asyncio.ensure_future(reply(ctrl, out, 1.5)))
+            elif p.startswith("wait"):
+                tasks.append(asyncio.ensure_future(reply(ctrl, out, 0.1)))
+            elif p.startswith("twice"):  # a second reply, late: after the connection could be reused
+                await reply(ctrl, out)
+                tasks.append(asyncio.ensure_future(reply(ctrl, b"STRAY", 0.05)))
             elif p.startswith("zero"):
                 await reply(ctrl, "0")
             elif p.startswith("bogus") and ids:
@@ -351,3 +356,31 @@ def test_hpush_extra_reply_is_never_attributed(echo: bool) -> None:
     wrong = {n: r for n, r in out.items() if isinstance(r, bytes) and r != f"T:{n}".encode()}
     assert not wrong
     assert sum(1 for r in out.values() if isinstance(r, bytes)) == len(out)  # retried, not failed
+
+
+def test_ws_order_mode_late_second_reply_is_never_attributed() -> None:
+    """An order-based pod that answers a request twice, the second time late: the stray
+    reply must not become the next request's output (a connection carries one request)."""
+    async def run() -> dict[str, Any]:
+        runner, url, _ = await _scripted_pod(False)
+        session = aiohttp.ClientSession()
+        comm = WsComm("etl-x", url, 2.0, session, n_conns=1)
+        out: dict[str, Any] = {}
+        try:
+            for i in range(12):
+                for name in (f"twice-{i}", f"wait-{i}"):  # "wait" is in flight when the stray comes
+                    try:
+                        out[name] = (await comm.transform(name, fqn=None, body=b"x")).data
+                    except AioetlError as e:
+                        out[name] = e
+                await asyncio.sleep(0.06)  # the stray reply arrives while the next request is in flight
+            return out
+        finally:
+            await comm.close()
+            await session.close()
+            await runner.cleanup()
+
+    out = asyncio.run(run())
+    wrong = {n: r for n, r in out.items() if isinstance(r, bytes) and r != f"T:{n}".encode()}
+    assert not wrong
+    assert all(r == f"T:{n}".encode() for n, r in out.items())
