@@ -189,14 +189,15 @@ class OfflineJobs:
         which of a sender's direct puts arrived here (:mod:`.receipts`).
 
         Returns:
-            ``{"received": {key: size}, "missing": [key, ...]}``.
+            ``{"received": {key: size}, "missing": [key, ...], "reasons": {key: why}}``
+            (``reasons``: the missing keys whose store failed here, e.g. out of space).
         """
         doc = await read_json(request)
         xid, keys = doc.get("id") if isinstance(doc, dict) else None, doc.get("keys") if isinstance(doc, dict) else None
         if not isinstance(xid, str) or not xid or not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise BadRequest('settle: expected {"id": "<job>", "keys": ["<bck>/<obj>", ...], "revoke": bool}')
-        received, missing = await self.receipts.settle(xid, keys, bool(doc.get("revoke")))
-        return json_response({"received": received, "missing": missing})
+        received, missing, reasons = await self.receipts.settle(xid, keys, bool(doc.get("revoke")))
+        return json_response({"received": received, "missing": missing, "reasons": reasons})
 
     async def h_snaps(self, request: web.Request) -> web.StreamResponse:
         xid, kind = request.query.get("id", ""), request.query.get("kind", "")
@@ -356,9 +357,7 @@ class OfflineJobs:
                 await self._one(job, name, fqn, size)
                 x.done_objs += 1
                 x.done_bytes += size
-            except InsufficientStorage:
-                raise
-            except AioetlError as e:
+            except AioetlError as e:  # out of space too: a per-object error naming the target
                 x.add_obj_err(f"ais://{x.src_bck}/{name}", e.message, e.status)
                 job.failed += 1
                 x.done_objs += 1
@@ -406,11 +405,18 @@ class OfflineJobs:
                         await asyncio.sleep(min(2**attempt, 5) * 0.1)
                         continue
                     raise
-        except AioetlError:
+        except InsufficientStorage as e:
+            if local:
+                e.message = f"target {self.t.node_id}: {e.message}"
+            raise
+        except AioetlError as e:
             # the pod may have delivered it after all (a late reply, a broken connection):
             # the owner decides, and refuses it from now on if it has not arrived
-            if direct and owner is not None and await self._settle_now(job, owner.url, key, revoke=True):
-                return
+            if direct and owner is not None:
+                arrived, why = await self._settle_now(job, owner.url, key, revoke=True)
+                if arrived:
+                    return
+                e.message += f" (direct put to target {owner.daemon_id}" + (f": {why})" if why else ")")
             raise
 
     async def _transform_deliver(self, job: _Job, name: str, fqn: str, dst: str, dst_name: str, key: str,
@@ -428,10 +434,12 @@ class OfflineJobs:
             if res.delivered <= 0 and not ws.ids:
                 # aistore[etl] answers "0" for an empty object delivered and for a failed
                 # direct put alike: ask the owner now, and send it again if it is not there
-                if not await self._settle_now(job, owner.url, key, revoke=False):
+                arrived, why = await self._settle_now(job, owner.url, key, revoke=False)
+                if not arrived:
                     err = EtlFailed(f'ETL error: etl job "{inst.spec.name}": direct put of ais://{key} to '
-                                    f"{owner.url} reported as 0 bytes delivered, and it did not arrive", status=502)
-                    err.transient = True
+                                    f"{owner.url} reported as 0 bytes delivered, and it did not arrive"
+                                    + (f" ({why})" if why else ""), status=507 if "out of space" in why else 502)
+                    err.transient = not why  # a store that failed there will fail again
                     raise err
                 return
             await self._claim(job, owner.url, key, name)
@@ -514,8 +522,9 @@ class OfflineJobs:
             AioetlError: some did not arrive, and the job does not continue on errors.
         """
         x = job.xact
+        reasons: dict[str, str] = {}
         try:
-            received, missing = await self._settle_call(url, x.xid, list(claims), revoke=True)
+            received, missing, reasons = await self._settle_call(url, x.xid, list(claims), revoke=True)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
             received, missing = {}, list(claims)
             why = f"could not be confirmed: target {url} unreachable ({type(e).__name__}: {e})"
@@ -525,31 +534,35 @@ class OfflineJobs:
             x.stats.out_objs += 1
             x.stats.out_bytes += size
         for key in missing:
-            x.add_obj_err(f"ais://{x.src_bck}/{claims[key]}", f"direct put of ais://{key} {why}", 502)
+            detail = f" ({reasons[key]})" if key in reasons else ""
+            x.add_obj_err(f"ais://{x.src_bck}/{claims[key]}", f"direct put of ais://{key} {why}{detail}", 502)
             job.failed += 1
         if missing and not job.msg.coer:
             raise EtlFailed(f"direct put of ais://{missing[0]} {why}", status=502)
 
-    async def _settle_now(self, job: _Job, url: str, key: str, revoke: bool) -> bool:
-        """Settle one key at once; True (and counted ``out``) if it arrived."""
+    async def _settle_now(self, job: _Job, url: str, key: str, revoke: bool) -> tuple[bool, str]:
+        """Settle one key at once: ``(True, "")`` (and counted ``out``) if it arrived, else
+        ``(False, why)`` with the destination's reason when its store failed there."""
         try:
-            received, _ = await self._settle_call(url, job.xact.xid, [key], revoke=revoke)
+            received, _, reasons = await self._settle_call(url, job.xact.xid, [key], revoke=revoke)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            return False
+            return False, ""
         if key not in received:
-            return False
+            return False, reasons.get(key, "")
         job.xact.stats.out_objs += 1
         job.xact.stats.out_bytes += received[key]
-        return True
+        return True, ""
 
-    async def _settle_call(self, url: str, xid: str, keys: list[str], revoke: bool) -> tuple[dict[str, int], list[str]]:
+    async def _settle_call(self, url: str, xid: str, keys: list[str],
+                           revoke: bool) -> tuple[dict[str, int], list[str], dict[str, str]]:
         assert self.t.session is not None
         async with self.t.session.post(f"{url}/v1/xactions/_settle", json={"id": xid, "keys": keys, "revoke": revoke},
                                        timeout=aiohttp.ClientTimeout(total=60)) as r:
             if r.status != 200:
                 raise ValueError(f"settle: HTTP {r.status}: {(await r.read())[:300]!r}")
             doc = await r.json()
-        return {str(k): int(v) for k, v in doc["received"].items()}, [str(k) for k in doc["missing"]]
+        return ({str(k): int(v) for k, v in doc["received"].items()}, [str(k) for k in doc["missing"]],
+                {str(k): str(v) for k, v in (doc.get("reasons") or {}).items()})
 
     async def _copy_one(self, job: _Job, name: str, fqn: str, size: int) -> None:
         """copy-bck / copy-listrange: the same destinations, no ETL; delete-listrange: remove."""
@@ -593,6 +606,14 @@ class OfflineJobs:
             x.stats.out_objs += 1
             x.stats.out_bytes += len(data)
 
+    def _node_at(self, url: str) -> str:
+        """The id of the target at ``url`` (the URL itself if the map does not know it)."""
+        if self.t.smap is not None:
+            for node in self.t.smap.targets.values():
+                if node.url == url:
+                    return node.daemon_id
+        return url
+
     async def _put_peer(self, url: str, bck: str, obj: str, body: Any, xid: str, size: int | None) -> int:
         """PUT one object to the target that owns it (counted ``in`` there). Returns bytes sent."""
         assert self.t.session is not None
@@ -604,7 +625,7 @@ class OfflineJobs:
             if r.status >= 400:
                 text = (await r.read())[:500].decode(errors="replace")
                 if r.status == 507:
-                    raise InsufficientStorage(f"peer out of space: {text}")
+                    raise InsufficientStorage(f"target {self._node_at(url)} out of space: {text}")
                 raise AioetlError(f"PUT of ais://{bck}/{obj} to {url} failed: {r.status} {text}", status=r.status)
         if counted is not None:
             return counted.n

@@ -48,10 +48,11 @@ class JobReceipts:
         aborted: the abort reason; non-empty refuses every object.
     """
 
-    __slots__ = ("received", "revoked", "committing", "aborted", "touched")
+    __slots__ = ("received", "revoked", "committing", "aborted", "touched", "failed")
 
     def __init__(self) -> None:
         self.received: dict[str, int] = {}
+        self.failed: dict[str, str] = {}  # key -> why storing it here failed (e.g. out of space)
         self.revoked: set[str] = set()
         self.committing: dict[str, asyncio.Future[None]] = {}
         self.aborted = ""
@@ -116,16 +117,26 @@ class Receipts:
                 del r.committing[key]
             fut.set_result(None)
 
-    async def settle(self, xid: str, keys: Iterable[str], revoke: bool) -> tuple[dict[str, int], list[str]]:
+    def note_failure(self, xid: str, key: str, why: str) -> None:
+        """Object ``key`` of job ``xid`` could not be stored here (full disk, refused...):
+        :meth:`settle` tells its sender why, since a pod may not (aistore[etl] answers "0")."""
+        r = self.get(xid)
+        if len(r.failed) < 100_000:
+            r.failed[key] = why
+
+    async def settle(self, xid: str, keys: Iterable[str],
+                     revoke: bool) -> tuple[dict[str, int], list[str], dict[str, str]]:
         """Which of ``keys`` job ``xid`` received here.
 
         Returns:
-            ``(received, missing)``: ``{key: size}`` (forgotten here: each key is settled
-            once) and the keys not received (revoked when ``revoke``).
+            ``(received, missing, reasons)``: ``{key: size}`` (forgotten here: each key is
+            settled once), the keys not received (revoked when ``revoke``), and for those
+            of them whose store failed here, why.
         """
         r = self.get(xid)
         received: dict[str, int] = {}
         missing: list[str] = []
+        reasons: dict[str, str] = {}
         for key in keys:
             fut = r.committing.get(key)
             if fut is not None:
@@ -133,11 +144,15 @@ class Receipts:
             size = r.received.pop(key, None)
             if size is not None:
                 received[key] = size
+                r.failed.pop(key, None)
             else:
                 missing.append(key)
+                why = r.failed.pop(key, None) if revoke else r.failed.get(key)
+                if why:
+                    reasons[key] = why
                 if revoke:
                     r.revoked.add(key)
-        return received, missing
+        return received, missing, reasons
 
     def abort(self, xid: str, reason: str) -> None:
         """Refuse every later object of job ``xid``."""

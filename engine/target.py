@@ -35,7 +35,7 @@ import structlog
 from aiohttp import web
 
 from .auth import TARGET_INTERNAL, auth_headers, cluster_auth_middleware
-from .errors import BadRequest, NotFound, RangeNotSatisfiable, bck_not_found
+from .errors import AioetlError, BadRequest, NotFound, RangeNotSatisfiable, bck_not_found
 from .httpd import error_middleware, iter_body, json_response, read_json, split_obj_path
 from .names import make_uname, validate_bck_name, validate_obj_name
 from .smap import Smap
@@ -266,8 +266,10 @@ class Target:
                 return wf.finalize()  # tmpfs: fsync is free; a thread hop is not
             # fsync blocks on a disk: run it (and the rename) in a thread
             return await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
-        except BaseException:
+        except BaseException as e:
             wf.abort()
+            if xid and receipt and isinstance(e, AioetlError):  # the sender learns why at settlement
+                receipts.note_failure(xid, key, f"target {self.node_id}: {e.message}")
             raise
 
     async def get_object(self, request: web.Request) -> web.StreamResponse:

@@ -216,15 +216,19 @@ def test_receipts_settle_revoke_abort() -> None:
         r = Receipts()
         await r.commit("j1", "b/a", lambda: _md(3), in_thread=False)
         await r.commit("j1", "b/c", lambda: _md(5), in_thread=True)
-        received, missing = await r.settle("j1", ["b/a", "b/c", "b/late"], revoke=True)
+        received, missing, _ = await r.settle("j1", ["b/a", "b/c", "b/late"], revoke=True)
         assert received == {"b/a": 3, "b/c": 5} and missing == ["b/late"]
         with pytest.raises(Conflict):  # revoked: the late direct put is refused
             await r.commit("j1", "b/late", lambda: _md(1), in_thread=False)
         # a check without revoke leaves the door open (the sender will send again)
-        _, missing = await r.settle("j1", ["b/again"], revoke=False)
+        _, missing, _ = await r.settle("j1", ["b/again"], revoke=False)
         assert missing == ["b/again"]
         await r.commit("j1", "b/again", lambda: _md(2), in_thread=False)
         assert (await r.settle("j1", ["b/again"], revoke=True))[0] == {"b/again": 2}
+        # a store that failed here is explained to the sender
+        r.note_failure("j1", "b/full", "target t1: out of space writing \"ais://b/full\"")
+        _, missing, why = await r.settle("j1", ["b/full"], revoke=True)
+        assert missing == ["b/full"] and "out of space" in why["b/full"]
         r.abort("j1", "aborted by user")
         with pytest.raises(Conflict):
             r.check("j1", "b/z")
@@ -252,7 +256,7 @@ def test_receipts_settle_waits_for_a_commit_in_progress() -> None:
         assert not settle.done()  # the commit in progress decides
         gate.set()
         await commit
-        assert (await settle) == ({"b/o": 7}, [])
+        assert (await settle) == ({"b/o": 7}, [], {})
 
     asyncio.run(run())
 

@@ -130,11 +130,6 @@ def test_full_peer_loses_nothing_silently(full_peer: Any, comm: str, server: str
     assert not v, v
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "#11 item 4 gap (found 2026-12-02): out of space at the destination aborts the whole "
-    "cont_on_err job (as AIStore aborts on OOS), so the outputs it never wrote get no per-object "
-    "error; the abort error and the per-object errors name the object and 'No space left on "
-    "device' but not the destination target"))
 @pytest.mark.parametrize(("comm", "server"), CASES)
 def test_every_output_a_full_peer_refuses_is_a_per_object_error(full_peer: Any, comm: str, server: str) -> None:
     """#11 item 4 as written: each missing output has its own error naming the destination and the cause."""
