@@ -7,8 +7,14 @@ reversed, except for ``probe.txt``: for it, from inside its pod, it tries every
 attack of the issue and returns a JSON of attempt -> outcome ("ok" or the
 error). The test then asserts that every attack failed, that its own FQN reads
 and the direct puts of an offline job produced every output correctly, and that
-nothing was written on the host. ``AIOETL_CONFINEMENT_REPORT=FILE`` saves the
-outcomes as JSON.
+nothing was written on the host. The pod also calls the cluster's internal routes
+(metasync with an empty BMD, an impostor's join, xaction start; without a
+credential and with its own ETL secret as one) on its own target
+(from ``AIS_TARGET_URL``) and on the gateway (whose URL the test puts in the pod's
+env, as a hostile pod could learn it): each must be refused (401/403; 404/405 on
+the node that has no such route) or fail to connect, and afterwards every source
+object is still listed and intact and the cluster map has no impostor.
+``AIOETL_CONFINEMENT_REPORT=FILE`` saves the outcomes as JSON.
 
 Skips only where this OS refuses the sandbox (:func:`engine.pods.confinement`
 says why); a missing ``bwrap`` is a failure (``.ci/run`` installs bubblewrap).
@@ -24,6 +30,7 @@ from typing import Any, Iterator
 
 import cloudpickle
 import pytest
+import requests
 from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer as AisFastAPIServer
 
 from conftest import fast_data_dir, make_sdk_client
@@ -97,7 +104,47 @@ def _attacks(plan: dict[str, Any]) -> dict[str, str]:
     out["identity"] = f"uid={os.getuid()} gid={os.getgid()} CapEff={caps.group(1) if caps else '?'}"
     u = urlparse(mine)
     out["connect own target"] = _outcome(lambda: socket.create_connection((u.hostname, u.port), 5).close())
+    # the cluster's internal routes, without the cluster secret (the pod never gets it):
+    # its own target from AIS_TARGET_URL, the gateway from the plan (its env)
+    nodes = {"own target": f"{u.scheme}://{u.netloc}", "gateway": plan["gateway"]}
+    etl_secret = u.path.rstrip("/").rsplit("/", 1)[-1]  # the one secret it has: its own ETL's
+    for node, base in nodes.items():
+        for label, (method, route, body) in INTERNAL_CALLS.items():
+            out[f"internal {label} on {node}"] = _http(method, base + route, body)
+            out[f"internal {label} on {node}, ETL secret as credential"] = _http(
+                method, base + route, body, {"Aioetl-Cluster-Auth": etl_secret})
     return out
+
+
+#: label -> (method, route, JSON body) of the intra-cluster calls a hostile pod tries
+INTERNAL_CALLS: dict[str, tuple[str, str, Any]] = {
+    "metasync empty BMD": ("PUT", "/v1/metasync", {"bmd": {"version": 999999, "buckets": {}}}),
+    "join impostor": ("POST", "/v1/cluster/join",
+                      {"daemon_id": "evil", "daemon_type": "target", "url": "http://127.0.0.1:1"}),
+    "xaction start": ("POST", "/v1/xactions/_start",
+                      {"id": "../evil", "kind": "etl-bck", "src": SRC, "dst": "evil-dst", "msg": {}}),
+}
+#: on which node each internal route exists (elsewhere it is simply not found)
+INTERNAL_ON = {"metasync empty BMD": "own target", "join impostor": "gateway", "xaction start": "own target"}
+
+
+def _http(method: str, url: str, body: Any, headers: dict[str, str] | None = None) -> str:
+    """``"HTTP <status>"`` of one request (no redirects followed), or the connection error."""
+    import http.client
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    try:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        try:
+            conn.request(method, u.path, body=json.dumps(body).encode(),
+                         headers={"Content-Type": "application/json", **(headers or {})})
+            r = conn.getresponse()
+            return f"HTTP {r.status}: {r.read()[:100]!r}"
+        finally:
+            conn.close()
+    except Exception as e:  # noqa: BLE001 - the outcome is the point
+        return f"no connection: {type(e).__name__}: {e}"[:200]
 
 
 class Hostile(AisFastAPIServer):
@@ -172,7 +219,7 @@ def _plan(cluster: LocalCluster, outside: str, free_port: int, other_etl: str, p
     }
     for tid, tmps in mps.items():
         writes[f"mountpath of {tid}"] = os.path.join(tmps[0], "evil.txt")
-    return {"read": reads, "write": writes, "data_dir": d, "free_port": free_port}
+    return {"read": reads, "write": writes, "data_dir": d, "free_port": free_port, "gateway": cluster.endpoint}
 
 
 def test_hostile_transform_is_confined(conf_cluster: LocalCluster, tmp_path: Any) -> None:
@@ -230,6 +277,15 @@ def test_hostile_transform_is_confined(conf_cluster: LocalCluster, tmp_path: Any
             for ok_attempt in ("write own working directory", "own FQN read", "connect own target"):
                 if not res.get(ok_attempt, "").startswith("ok"):
                     failures.append(f"{comm}: {ok_attempt!r} failed: {res.get(ok_attempt)}")
+            for label in INTERNAL_CALLS:
+                for node, cred in [(n, c) for n in ("own target", "gateway") for c in ("", ", ETL secret as credential")]:
+                    attempt = f"internal {label} on {node}{cred}"
+                    outcome = res.get(attempt, "missing")
+                    # where the route exists: refused for want of the secret; elsewhere: not found
+                    allowed = ("HTTP 401", "HTTP 403") if INTERNAL_ON[label] == node else \
+                        ("HTTP 401", "HTTP 403", "HTTP 404", "HTTP 405")
+                    if not outcome.startswith(allowed + ("no connection",)):
+                        failures.append(f"{comm}: {attempt!r} was not refused: {outcome}")
             envs = res.get("read other pods' secrets via /proc")
             if envs != "none visible":
                 failures.append(f"{comm}: other pods' environments are visible: {envs}")
@@ -244,6 +300,18 @@ def test_hostile_transform_is_confined(conf_cluster: LocalCluster, tmp_path: Any
                 client.etl(name).delete()
             except Exception:  # noqa: BLE001 - cleanup
                 pass
+    # the internal calls changed nothing: every source object listed and intact, no impostor
+    listed = {e.name for e in src.list_all_objects()}
+    if listed != set(objs):
+        failures.append(f"source bucket changed: missing {sorted(set(objs) - listed)[:5]}, extra {sorted(listed - set(objs))[:5]}")
+    bad = [k for k, v in objs.items() if src.object(k).get_reader().read_all() != v]
+    if bad:
+        failures.append(f"source objects unreadable or changed: {bad[:5]}")
+    if len({e.name for e in sec.list_all_objects()}) != N_OBJS:
+        failures.append("the other bucket lost objects")
+    smap = requests.get(f"{conf_cluster.endpoint}/v1/daemon", params={"what": "smap"}, timeout=30).text
+    if "evil" in smap or "127.0.0.1:1\"" in smap:
+        failures.append(f"the cluster map has the impostor: {smap[:300]}")
     for path in _plan(conf_cluster, outside, 0, "x", probe_target)["write"].values():
         if os.path.exists(path):
             failures.append(f"{path} exists on the host after the pods ran")
