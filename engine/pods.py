@@ -278,7 +278,7 @@ def sandbox_argv(*, bwrap: str, python: str, data_dir: str, mountpaths: list[str
     Returns:
         argv to put before the pod's command.
     """
-    data_dir = os.path.realpath(data_dir)
+    given_data_dir, data_dir = data_dir, os.path.realpath(data_dir)
     a = [bwrap, "--unshare-user", "--uid", str(POD_UID), "--gid", str(POD_UID), "--unshare-pid",
          "--as-pid-1", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent",
          "--cap-drop", "ALL",
@@ -291,23 +291,29 @@ def sandbox_argv(*, bwrap: str, python: str, data_dir: str, mountpaths: list[str
             a += ["--ro-bind", path, path]
     for name in _ETC_FILES:
         a += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    allowed = [os.path.realpath(p) for p in mountpaths] + [os.path.realpath(pod_dir)]
+    # (source, where the pod sees it): a mountpath at the path its target names in FQNs
+    # (the target does not resolve symlinks: a data root may link its mountpaths to tmpfs)
+    allowed = [(os.path.realpath(p), os.path.abspath(p)) for p in mountpaths]
     roots: list[str] = []
     for p in sorted({os.path.realpath(p) for p in ro_paths if p and os.path.isabs(p)}, key=len):
         if not os.path.exists(p):
             continue
         if _under(p, data_dir):  # only a pod venv (<data>/etl-venvs/<key>), mounted after the mask
             if _under(p, os.path.join(data_dir, "etl-venvs")) and p != os.path.join(data_dir, "etl-venvs"):
-                allowed.insert(0, p)
+                allowed.insert(0, (p, p))
             continue
         if any(_under(p, r) for r in roots) or _under(p, "/usr"):
             continue
         roots.append(p)
         a += ["--ro-bind", p, p]
     a += ["--tmpfs", data_dir]  # the data root: empty (hides it where a read-only path contains it)
-    for p in allowed[:-1]:
-        if os.path.exists(p):
-            a += ["--ro-bind", p, p]
+    if os.path.abspath(given_data_dir) != data_dir:  # the data root as named (a symlink): empty too
+        a += ["--tmpfs", os.path.abspath(given_data_dir)]
+    for src, dst in allowed:
+        if os.path.exists(src):
+            a += ["--ro-bind", src, dst]
+            if dst != src and not _under(src, "/dev"):  # and where it really is, when that is visible
+                a += ["--ro-bind", src, src]
     pod_dir = os.path.realpath(pod_dir)
     a += ["--bind", pod_dir, pod_dir, "--remount-ro", data_dir, "--remount-ro", "/", "--chdir", pod_dir,
           "--setenv", "HOME", pod_dir, "--setenv", "TMPDIR", os.path.join(pod_dir, "tmp"), "--"]

@@ -96,3 +96,21 @@ def test_unconfined_warning_is_logged_once(monkeypatch: pytest.MonkeyPatch, tmp_
     assert len(seen) == 1 and "NOT confined" in seen[0] and "user namespaces are disabled" in seen[0]
     assert pods.Confinement(True, "", "/usr/bin/bwrap", 7).warning() == ""
     assert "Landlock" in pods.Confinement(True, "", "/usr/bin/bwrap", 3).warning()
+
+
+def test_symlinked_mountpath_is_seen_where_the_target_names_it(tmp_path: Any) -> None:
+    """The demo links a data root's ``targets`` to tmpfs; the target names FQNs by the
+    linked path, so the pod must see the mountpath there (it saw nothing: "file not found")."""
+    data = tmp_path / "data"
+    real = tmp_path / "fast" / "t1" / "mp0"
+    real.mkdir(parents=True)
+    (data / "targets").mkdir(parents=True)
+    os.symlink(tmp_path / "fast" / "t1", data / "targets" / "t1")
+    pod = data / "etl-pods" / "e" / "t1"
+    pod.mkdir(parents=True)
+    a = pods.sandbox_argv(bwrap="bwrap", python="py", data_dir=str(data), mountpaths=[str(data / "targets" / "t1" / "mp0")],
+                          pod_dir=str(pod), ro_paths=[], bind_port=1)
+    binds = [(a[i + 1], a[i + 2]) for i, x in enumerate(a) if x == "--ro-bind"]
+    assert (str(real), str(data / "targets" / "t1" / "mp0")) in binds
+    mask = a.index("--tmpfs")
+    assert a.index(str(data / "targets" / "t1" / "mp0")) > mask  # mounted over the empty data root
