@@ -172,16 +172,18 @@ class PodProcess:
     Args:
         root: data directory of the runtime (venv cache, pod dirs).
         msg: the ETL init message (:func:`init_class_msg`).
+        mountpaths: where the objects the pod reads by FQN live.
 
     Use inside a running event loop: ``pod = await PodProcess(root, msg).start()``.
     """
 
-    def __init__(self, root: str, msg: dict[str, Any]) -> None:
+    def __init__(self, root: str, msg: dict[str, Any], mountpaths: list[str] | None = None) -> None:
         from engine.etl import parse_init_msg
         from engine.pods import LocalProcessRuntime
 
         self.spec = parse_init_msg(msg)
-        self.runtime = LocalProcessRuntime(root)
+        # the pod reads objects by FQN: their mountpath must be visible in its sandbox
+        self.runtime = LocalProcessRuntime(root, mountpaths={"perf": mountpaths or []})
         self.pod: Any = None
 
     async def start(self) -> "PodProcess":
@@ -308,7 +310,8 @@ async def _bench(cfg: PodBenchConfig, root: str) -> tuple[list[Measurement], dic
         t0 = time.monotonic()
         for kind in cfg.pods:
             msg = init_class_msg(f"pod-{kind}-{secrets.token_hex(3)}", classes[kind], env=env)
-            pods[kind] = await PodProcess(os.path.join(root, "runtime"), msg).start()
+            pods[kind] = await PodProcess(os.path.join(root, "runtime"), msg,
+                                          mountpaths=[os.path.join(root, "data", "mp0")]).start()
         info["pod_start_s"] = round(time.monotonic() - t0, 2)
         from communicators.bootstrap import num_workers
 
