@@ -164,25 +164,33 @@ class HpushComm(_Comm):
             await self._fresh.close()
             self._fresh = None
 
-    def request_args(self, bck: str, obj: str, fqn: str | None, etl_args: str,
-                     pipeline: list[str]) -> tuple[str, dict[str, str], dict[str, str]]:
-        url = f"{self.pod_url}/{quote(bck, safe='')}/{quote(obj, safe='/')}"
+    @staticmethod
+    def _params_headers(fqn: str | None, etl_args: str,
+                        pipeline: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """The query (``etl_fqn``, ``etl_args``) and ``Ais-Node-Url`` of one request."""
         params: dict[str, str] = {}
         if fqn:
             params["etl_fqn"] = fqn_param(fqn)
         if etl_args:
             params["etl_args"] = etl_args
         headers = {"Ais-Node-Url": ",".join(pipeline)} if pipeline else {}
-        return url, params, headers
+        return params, headers
+
+    def request_args(self, bck: str, obj: str, fqn: str | None, etl_args: str,
+                     pipeline: list[str]) -> tuple[str, dict[str, str], dict[str, str]]:
+        url = f"{self.pod_url}/{quote(bck, safe='')}/{quote(obj, safe='/')}"
+        return (url, *self._params_headers(fqn, etl_args, pipeline))
 
     async def open(self, bck: str, obj: str, *, fqn: str | None, body: Any = None, etl_args: str = "",
                    pipeline: list[str] | None = None, size: int | None = None,
-                   timeout_s: float | None = None) -> aiohttp.ClientResponse:
+                   timeout_s: float | None = None, direct: bool = False) -> aiohttp.ClientResponse:
         """Send one object; returns the pod's (successful) response, body unread.
-        ``timeout_s`` overrides ``obj_timeout`` (a job's ``request_timeout``).
+        ``timeout_s`` overrides ``obj_timeout`` (a job's ``request_timeout``); ``direct``:
+        the last hop of ``pipeline`` is a direct put to a target, so a 204 ("delivered")
+        is a valid answer (without it, a 204 is an error).
 
         Raises:
-            EtlFailed: pod error status or pod unreachable.
+            EtlFailed: pod error status, pod unreachable, or a 204 nobody asked for.
             BadRequest: timeout (text has "timeout").
         """
         url, params, headers = self.request_args(bck, obj, fqn, etl_args, pipeline or [])
@@ -191,17 +199,18 @@ class HpushComm(_Comm):
             body = b""
         elif size is not None:
             headers["Content-Length"] = str(size)
-        return await self._send("PUT", url, params, headers, body, f"{bck}/{obj}", timeout_s)
+        return await self._send("PUT", url, params, headers, body, f"{bck}/{obj}", timeout_s, direct)
 
     async def _send(self, method: str, url: str, params: dict[str, str], headers: dict[str, str],
-                    body: Any, what: str, timeout_s: float | None = None) -> aiohttp.ClientResponse:
+                    body: Any, what: str, timeout_s: float | None = None,
+                    direct: bool = False) -> aiohttp.ClientResponse:
         """One request to the pod under ``obj_timeout``; pod errors mapped (module docstring).
 
         A request that fails before any reply on a pooled connection (the pod closed it,
         or left bytes of an earlier over-long reply on it) is sent once more on a fresh
         one, when its body can be sent again. A 2xx reply other than 204 must prove its
         length (``Content-Length`` or chunked): a reply that ends where the connection
-        closes cannot be told from a cut one.
+        closes cannot be told from a cut one. A 204 is accepted only when ``direct``.
         """
         replayable = not body or isinstance(body, (bytes, bytearray, memoryview))
         for attempt in range(2):
@@ -236,6 +245,10 @@ class HpushComm(_Comm):
                             f"the reply to another request (id {echo!r}, sent {rid})", status=502)
         if not 200 <= resp.status < 300:
             raise await self._error_reply(resp)
+        if resp.status == 204 and not direct:
+            resp.release()
+            raise EtlFailed(f'ETL error: etl job "{self.etl}": pod answered 204 (delivered by direct put) for '
+                            f'"{what}", but no direct put was requested', status=502)
         if (resp.status != 204 and resp.content_length is None
                 and "chunked" not in resp.headers.get("Transfer-Encoding", "").lower()):
             resp.close()
@@ -271,16 +284,10 @@ class HpullComm(HpushComm):
 
     async def open(self, bck: str, obj: str, *, fqn: str | None, body: Any = None, etl_args: str = "",
                    pipeline: list[str] | None = None, size: int | None = None,
-                   timeout_s: float | None = None) -> aiohttp.ClientResponse:
-        uname = f"ais/@#/{bck}/{obj}"
-        url = f"{self.pod_url}/{quote(uname, safe='@')}"
-        params: dict[str, str] = {}
-        if fqn:
-            params["etl_fqn"] = fqn_param(fqn)
-        if etl_args:
-            params["etl_args"] = etl_args
-        headers = {"Ais-Node-Url": ",".join(pipeline)} if pipeline else {}
-        return await self._send("GET", url, params, headers, None, f"{bck}/{obj}", timeout_s)
+                   timeout_s: float | None = None, direct: bool = False) -> aiohttp.ClientResponse:
+        url = f"{self.pod_url}/{quote(f'ais/@#/{bck}/{obj}', safe='@')}"
+        params, headers = self._params_headers(fqn, etl_args, pipeline or [])
+        return await self._send("GET", url, params, headers, None, f"{bck}/{obj}", timeout_s, direct)
 
 
 BALANCE_REDIALS = 8  # per connection, see WsComm._dial_balanced
@@ -314,7 +321,8 @@ def _pod_worker(ws: aiohttp.ClientWebSocketResponse) -> tuple[int, int] | None:
 
 
 class _Anomaly(EtlFailed):
-    """A reply the protocol cannot attribute or did not ask for: the connection is closed."""
+    """A reply of a kind the request did not ask for (order-based: its reader stops, as
+    nothing it sends can be attributed any more)."""
 
 
 def classify_ws_reply(kind: aiohttp.WSMsgType, data: Any, direct: bool = False) -> PodResult | AioetlError:
@@ -375,7 +383,6 @@ class _WsConn:
         self.expired: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.send_lock = asyncio.Lock()
         self.broken = False  # no new requests: closing after an anomaly or a timeout
-        self.busy = False  # order mode: a request is in flight
         self.used = False  # order mode: the connection has carried its one request
         self.reader: asyncio.Task[None] | None = None
 
@@ -505,12 +512,12 @@ class WsComm(_Comm):
         """A connection that has carried no request yet (the first one dialed), else a new
         one: the caller holds one of ``n_conns`` slots, which bounds the connections."""
         for c in self.conns:
-            if c.usable and not c.busy and not c.used:
-                c.busy = c.used = True
+            if c.usable and not c.used:
+                c.used = True
                 return c
         c = await self._dial()
         self.conns.append(c)
-        c.busy = c.used = True
+        c.used = True
         return c
 
     def _retire(self, c: _WsConn) -> None:
@@ -589,11 +596,9 @@ class WsComm(_Comm):
             c = await (self._pick_ordered() if slots is not None else self._pick())
             return await self._round_trip(c, ctrl, obj, fqn, body, direct)
         finally:
-            if c is not None:
-                c.busy = False
-                if slots is not None:
-                    self._retire(c)
             if slots is not None:
+                if c is not None:
+                    self._retire(c)
                 slots.release()
 
     async def _round_trip(self, c: _WsConn, ctrl: dict[str, Any], obj: str, fqn: str | None, body: bytes | None,
@@ -621,14 +626,12 @@ class WsComm(_Comm):
             done = res is not _EXPIRED
         finally:
             timer.cancel()
-            if not done and c.pending.pop(rid, None) is not None:  # timed out or cancelled
-                if c.ids:
-                    c.expired[rid] = None  # its late reply is recognized and dropped
-                    while len(c.expired) > WS_EXPIRED_IDS:
-                        c.expired.popitem(last=False)
-                else:  # order-based: a late reply could not be told from the next: close
-                    c.broken = True
-                    asyncio.ensure_future(c.ws.close())
+            # timed out or cancelled: with ids its late reply is recognized and dropped;
+            # order-based, the connection is retired by transform()
+            if not done and c.pending.pop(rid, None) is not None and c.ids:
+                c.expired[rid] = None
+                while len(c.expired) > WS_EXPIRED_IDS:
+                    c.expired.popitem(last=False)
         if res is _EXPIRED:
             raise self._timeout(f'transform of "{obj}"')
         if isinstance(res, AioetlError):

@@ -357,15 +357,10 @@ class OfflineJobs:
                 await self._one(job, name, fqn, size)
                 x.done_objs += 1
                 x.done_bytes += size
-            except AioetlError as e:  # out of space too: a per-object error naming the target
-                x.add_obj_err(f"ais://{x.src_bck}/{name}", e.message, e.status)
-                job.failed += 1
-                x.done_objs += 1
-                x.done_bytes += size
-                if not msg.coer:
-                    raise
-            except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as e:
-                x.add_obj_err(f"ais://{x.src_bck}/{name}", f"{type(e).__name__}: {e}", 500)
+            except (AioetlError, OSError, aiohttp.ClientError, asyncio.TimeoutError) as e:
+                # out of space too: a per-object error naming the target
+                text, code = (e.message, e.status) if isinstance(e, AioetlError) else (f"{type(e).__name__}: {e}", 500)
+                x.add_obj_err(f"ais://{x.src_bck}/{name}", text, code)
                 job.failed += 1
                 x.done_objs += 1
                 x.done_bytes += size
@@ -447,12 +442,9 @@ class OfflineJobs:
         comm = inst.comm
         assert comm is not None
         resp = await comm.open(x.src_bck, name, fqn=fqn, etl_args=etl_args, pipeline=pipeline,
-                               timeout_s=msg.obj_timeout_s(inst.spec.obj_timeout_s))
+                               timeout_s=msg.obj_timeout_s(inst.spec.obj_timeout_s), direct=direct)
         try:
-            if resp.status == 204:
-                if not direct:
-                    raise EtlFailed(f'ETL error: etl job "{inst.spec.name}": pod answered 204 (delivered by direct '
-                                    f"put) for ais://{x.src_bck}/{name}, but no direct put was requested", status=502)
+            if resp.status == 204:  # only where a direct put was asked for (the comm refuses others)
                 await self._claim(job, owner.url, key, name)
                 return
             if msg.dry_run:

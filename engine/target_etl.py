@@ -302,26 +302,21 @@ class EtlManager:
             inst.errors.add(cname, err.message, err.status)
             return err
 
-        if resp.status == 204:
-            err = EtlFailed(f'ETL error: etl job "{name}": pod answered 204 (delivered by direct put) for '
-                            f"{cname}, but an inline transform asks for the bytes", status=502)
-            inst.errors.add(cname, err.message, err.status)
-            raise err
         clen = resp.content_length
         head: list[bytes] = []
         n = 0
+        whole = False  # the reply ended within INLINE_BUFFER_BYTES
         try:
             while n <= INLINE_BUFFER_BYTES:
                 chunk = await resp.content.read(1 << 20)
                 if not chunk:
+                    whole = True
                     break
                 head.append(chunk)
                 n += len(chunk)
-            else:
-                chunk = b"x"  # more to come: stream
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise failed(e) from e
-        if not chunk:  # the whole reply is in hand
+        if whole:
             if clen is not None and n != clen:
                 raise failed(ValueError(f"{n} bytes where Content-Length said {clen}"))
             inst.out_bytes += n
@@ -363,16 +358,12 @@ class EtlManager:
             res = await comm.transform(obj, fqn=fqn, etl_args=etl_args, pipeline=pipeline)
             assert res.data is not None  # "delivered" without a direct put is an error (WsComm)
             return res.data
-        resp = await comm.open(bck, obj, fqn=fqn, etl_args=etl_args, pipeline=pipeline)
+        resp = await comm.open(bck, obj, fqn=fqn, etl_args=etl_args, pipeline=pipeline)  # a 204 raises
         try:
-            if resp.status == 204:
-                raise EtlFailed(f'ETL error: etl job "{inst.spec.name}": pod answered 204 (delivered by direct '
-                                f"put) for ais://{bck}/{obj}, but no direct put was requested", status=502)
-            try:
-                return await resp.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                raise EtlFailed(f'ETL error: etl job "{inst.spec.name}": pod failed mid-transform of '
-                                f"ais://{bck}/{obj}: {e}", status=424) from e
+            return await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise EtlFailed(f'ETL error: etl job "{inst.spec.name}": pod failed mid-transform of '
+                            f"ais://{bck}/{obj}: {e}", status=424) from e
         finally:
             resp.release()
 

@@ -179,6 +179,7 @@ async def _raw_http_pod(reply: bytes) -> tuple[asyncio.AbstractServer, str]:
     (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", "mid-transform"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n", "mid-transform"),
     (b"garbage, not HTTP\r\n\r\n", "unreachable"),
+    (b"HTTP/1.1 204 No Content\r\n\r\n", "no direct put was requested"),
 ])
 def test_hpush_reply_without_proven_length_is_an_error(reply: bytes, expect: str) -> None:
     async def run() -> str:
