@@ -42,7 +42,7 @@ from aiohttp import web
 
 from xactions.records import atomic_write_json
 from xactions.tcb import COPY_BCK, DELETE_LISTRANGE, ETL_BCK, LISTRANGE_KINDS, TcbMsg
-from xactions.xact import GO_ZERO_TIME, new_xid, rfc3339
+from xactions.xact import GO_ZERO_TIME, State, Xaction, new_xid, rfc3339
 
 from .errors import BadRequest, NotFound
 from .httpd import json_response, read_action, read_json
@@ -156,17 +156,14 @@ def ended_snap(job: dict[str, Any], tid: str, reason: str, last: dict[str, Any] 
     """A ``qryxstats`` snapshot of target ``tid``'s share of ``job``, aborted with ``reason``
     (pure): the last one seen, if any, else an empty one. For targets that lost their
     share (restarted, unreachable) and for jobs found running after a cluster restart."""
-    ns = {"uuid": "", "name": ""}
-    base: dict[str, Any] = dict(last) if last else {
-        "id": job["id"], "kind": job["kind"], "start-time": rfc3339(int(job.get("start") or 0)),
-        "bck": {"name": job["src"], "provider": "ais", "namespace": ns},
-        "src-bck": {"name": job["src"], "provider": "ais", "namespace": ns},
-        "dst-bck": {"name": job["dst"], "provider": "ais", "namespace": ns},
-        "ctlmsg": "", "err": "", "glob.id": "0",
-        "stats": {k: "0" for k in ("loc-objs", "loc-bytes", "out-objs", "out-bytes", "in-objs", "in-bytes")},
-        "total-objs": "0", "total-bytes": "0", "done-objs": "0", "done-bytes": "0", "err-total": "0",
-        "obj-errs": [], "node": tid,
-    }
+    if last:
+        base = dict(last)
+    else:  # an empty share, in the wire shape of Xaction.snap()
+        x = Xaction(xid=job["id"], kind=job["kind"], node_id=tid, src_bck=job["src"], dst_bck=job["dst"])
+        x.start_ns = int(job.get("start") or 0)
+        x.abort_err = reason
+        x.transition(State.ABORTED)
+        base = x.snap()
     if not base.get("aborted"):
         base.update({"aborted": True, "abort-err": reason, "state": "aborted"})
         if not base.get("err"):
