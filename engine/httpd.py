@@ -145,16 +145,7 @@ async def _body_fault(request: web.Request) -> AioetlError | None:
         return None
     try:
         raw = await request.read()  # aiohttp keeps the bytes a handler read
-        if not raw.strip():
-            return BadRequest("request body is empty: expected JSON")
-        doc = json.loads(raw)
-        if not _depth_ok(doc, MAX_JSON_DEPTH):
-            return BadRequest(f"JSON in request body is nested too deeply (limit {MAX_JSON_DEPTH})")
-        check_body_shape(request, doc)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        return BadRequest(f"malformed JSON in request body: {e}")
-    except RecursionError:
-        return BadRequest(f"JSON in request body is nested too deeply (limit {MAX_JSON_DEPTH})")
+        check_body_shape(request, _parse_json(raw, required=True))
     except AioetlError as e:
         return e
     except Exception:  # noqa: BLE001 - cannot tell: the original error stands
@@ -268,7 +259,16 @@ async def _read_json_doc(request: web.Request, *, required: bool) -> Any:
         buf += chunk
         if len(buf) > limit:
             raise BadRequest(f"request body too large: more than {limit} bytes", status=413)
-    raw = bytes(buf)
+    return _parse_json(bytes(buf), required=required)
+
+
+def _parse_json(raw: bytes, *, required: bool) -> Any:
+    """Decode a JSON body, bounded in depth.
+
+    Raises:
+        BadRequest: empty (when ``required``), malformed, or nested deeper than
+            :data:`MAX_JSON_DEPTH`.
+    """
     if not raw.strip():
         if required:
             raise BadRequest("request body is empty: expected JSON")
