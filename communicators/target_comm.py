@@ -33,7 +33,7 @@ import collections
 import itertools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -49,6 +49,7 @@ __all__ = [
     "EtlFailed",
     "HpullComm",
     "HpushComm",
+    "Lender",
     "PodResult",
     "WsComm",
     "classify_ws_reply",
@@ -115,12 +116,26 @@ def pod_error(etl: str, status: int, body: bytes | str) -> AioetlError:
     return EtlFailed(msg)
 
 
+class Lender(Protocol):
+    """Lends a confined pod one object file at a time (``engine.storage.FqnLender``)."""
+
+    def lend(self, fqn: str) -> str: ...
+
+    def give_back(self, path: str) -> None: ...
+
+
 class _Comm:
-    def __init__(self, etl: str, pod_url: str, obj_timeout_s: float, session: aiohttp.ClientSession) -> None:
+    """Base of the comm types. ``lender``: when set (the pod is confined), every FQN
+    sent is a link lent for the request's duration (:class:`Lender`), not the object's
+    own file."""
+
+    def __init__(self, etl: str, pod_url: str, obj_timeout_s: float, session: aiohttp.ClientSession,
+                 lender: Lender | None = None) -> None:
         self.etl = etl
         self.pod_url = pod_url
         self.obj_timeout_s = obj_timeout_s
         self.session = session
+        self.lender = lender
 
     def _timeout(self, what: str, timeout_s: float | None = None) -> BadRequest:
         return BadRequest(f'etl job "{self.etl}": timeout: {what} took longer than obj_timeout '
@@ -145,8 +160,9 @@ class HpushComm(_Comm):
     provably answers the one request.
     """
 
-    def __init__(self, etl: str, pod_url: str, obj_timeout_s: float, session: aiohttp.ClientSession) -> None:
-        super().__init__(etl, pod_url, obj_timeout_s, session)
+    def __init__(self, etl: str, pod_url: str, obj_timeout_s: float, session: aiohttp.ClientSession,
+                 lender: Lender | None = None) -> None:
+        super().__init__(etl, pod_url, obj_timeout_s, session, lender)
         self._echoes: bool | None = None  # learnt from the pod's first reply
         self._ids = itertools.count(1)
         self._fresh: aiohttp.ClientSession | None = None  # one connection per request
@@ -193,13 +209,19 @@ class HpushComm(_Comm):
             EtlFailed: pod error status, pod unreachable, or a 204 nobody asked for.
             BadRequest: timeout (text has "timeout").
         """
-        url, params, headers = self.request_args(bck, obj, fqn, etl_args, pipeline or [])
-        if body is None:
-            headers["Content-Length"] = "0"
-            body = b""
-        elif size is not None:
-            headers["Content-Length"] = str(size)
-        return await self._send("PUT", url, params, headers, body, f"{bck}/{obj}", timeout_s, direct)
+        lent = self.lender.lend(fqn) if fqn and self.lender is not None else None
+        fqn = lent or fqn
+        try:
+            url, params, headers = self.request_args(bck, obj, fqn, etl_args, pipeline or [])
+            if body is None:
+                headers["Content-Length"] = "0"
+                body = b""
+            elif size is not None:
+                headers["Content-Length"] = str(size)
+            return await self._send("PUT", url, params, headers, body, f"{bck}/{obj}", timeout_s, direct)
+        finally:
+            if lent:  # the pod has read its input once its reply has begun
+                self.lender.give_back(lent)  # type: ignore[union-attr]
 
     async def _send(self, method: str, url: str, params: dict[str, str], headers: dict[str, str],
                     body: Any, what: str, timeout_s: float | None = None,
@@ -275,7 +297,12 @@ class HpullComm(HpushComm):
     """``hpull://``: inline GETs are redirected to the pod; offline, the target GETs from it."""
 
     def redirect_url(self, uname: str, fqn: str | None, etl_args: str) -> str:
+        """Where an inline GET is redirected. A lent FQN (confined pod) stays for
+        ``obj_timeout``: the client's GET to the pod is not seen by the target."""
         q = []
+        if fqn and self.lender is not None:
+            fqn = self.lender.lend(fqn)
+            asyncio.get_running_loop().call_later(self.obj_timeout_s, self.lender.give_back, fqn)
         if fqn:
             q.append("etl_fqn=" + quote(fqn_param(fqn), safe=""))
         if etl_args:
@@ -286,8 +313,14 @@ class HpullComm(HpushComm):
                    pipeline: list[str] | None = None, size: int | None = None,
                    timeout_s: float | None = None, direct: bool = False) -> aiohttp.ClientResponse:
         url = f"{self.pod_url}/{quote(f'ais/@#/{bck}/{obj}', safe='@')}"
-        params, headers = self._params_headers(fqn, etl_args, pipeline or [])
-        return await self._send("GET", url, params, headers, None, f"{bck}/{obj}", timeout_s, direct)
+        lent = self.lender.lend(fqn) if fqn and self.lender is not None else None
+        fqn = lent or fqn
+        try:
+            params, headers = self._params_headers(fqn, etl_args, pipeline or [])
+            return await self._send("GET", url, params, headers, None, f"{bck}/{obj}", timeout_s, direct)
+        finally:
+            if lent:
+                self.lender.give_back(lent)  # type: ignore[union-attr]
 
 
 BALANCE_REDIALS = 8  # per connection, see WsComm._dial_balanced
@@ -411,8 +444,8 @@ class WsComm(_Comm):
     """
 
     def __init__(self, etl: str, pod_url: str, obj_timeout_s: float, session: aiohttp.ClientSession,
-                 n_conns: int = 2, conns_per_process: int = 0) -> None:
-        super().__init__(etl, pod_url, obj_timeout_s, session)
+                 n_conns: int = 2, conns_per_process: int = 0, lender: Lender | None = None) -> None:
+        super().__init__(etl, pod_url, obj_timeout_s, session, lender)
         self.n_conns = n_conns
         self.conns_per_process = conns_per_process
         self.conns: list[_WsConn] = []
@@ -581,6 +614,16 @@ class WsComm(_Comm):
             raise EtlFailed(f'etl job "{self.etl}": communicator closed', status=424)
         if self._order_mode is None:
             await self._first()
+        lent = self.lender.lend(fqn) if fqn and self.lender is not None else None
+        fqn = lent or fqn
+        try:
+            return await self._transform(obj, fqn, body, etl_args, pipeline, direct)
+        finally:
+            if lent:
+                self.lender.give_back(lent)  # type: ignore[union-attr]
+
+    async def _transform(self, obj: str, fqn: str | None, body: bytes | None, etl_args: str,
+                         pipeline: list[str] | None, direct: bool) -> PodResult:
         ctrl: dict[str, Any] = {"path": obj}
         if fqn:
             ctrl["fqn"] = fqn_param(fqn)

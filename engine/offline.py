@@ -247,7 +247,7 @@ class OfflineJobs:
                 assert job.inst is not None and job.inst.pod is not None and self.t.etl.pod_session is not None
                 job.ws = WsComm(job.inst.spec.name, job.inst.pod.url, msg.obj_timeout_s(job.inst.spec.obj_timeout_s),
                                 self.t.etl.pod_session, n_conns=WS_CONNS_PER_JOB,
-                                conns_per_process=WS_CONNS_PER_POD_PROCESS)
+                                conns_per_process=WS_CONNS_PER_POD_PROCESS, lender=job.inst.lender)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._produce(job, queue))
                 tg.create_task(self._count_total(job))

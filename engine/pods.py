@@ -7,8 +7,9 @@ target on 127.0.0.1 and a free port:
 - confined where the OS allows (:func:`confinement`, :func:`sandbox_argv`):
   bubblewrap gives it its own user, mount, PID, IPC and UTS namespaces, uid
   65534 with no capabilities, a filesystem that shows read-only only the
-  system and Python files it needs, its target's mountpaths (FQN reads) and,
-  writable, its own working directory; Landlock lets it bind TCP only on its
+  system and Python files it needs, the directories its target lends it
+  objects in (FQN reads, :class:`engine.storage.FqnLender`) and, writable, its
+  own working directory; Landlock lets it bind TCP only on its
   own port (so never 0.0.0.0 beside it). AIStore's pods are Kubernetes pods
   with their own container filesystem, which this stands in for. Where
   bubblewrap cannot run, a warning is logged once and the pod gets only its own
@@ -43,7 +44,7 @@ import socket
 import sys
 import time
 from collections import deque
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 import aiohttp
 import structlog
@@ -236,7 +237,7 @@ def _python_paths(pythons: list[str]) -> list[str]:
     return out
 
 
-def sandbox_argv(*, bwrap: str, python: str, data_dir: str, mountpaths: list[str], pod_dir: str,
+def sandbox_argv(*, bwrap: str, python: str, data_dir: str, read_dirs: list[str], pod_dir: str,
                  ro_paths: list[str], bind_port: int, landlock: bool = True) -> list[str]:
     """The command prefix that confines a pod (a pure function of its inputs).
 
@@ -250,7 +251,8 @@ def sandbox_argv(*, bwrap: str, python: str, data_dir: str, mountpaths: list[str
       (``ssl``, ``hosts``, ``resolv.conf``, ``passwd``, ``group``, ``ld.so.*``,
       ``alternatives``...; never ``shadow``), each of ``ro_paths`` (the Python
       interpreter, its site-packages, the aioetl source tree, the pod's venv,
-      files its command names), and the target's ``mountpaths`` (FQN reads);
+      files its command names), and ``read_dirs`` (where its target lends it the
+      objects to read by FQN; never a whole mountpath);
       writable: ``pod_dir`` only (``HOME`` is it and ``TMPDIR`` its ``tmp``;
       ``/`` is read-only, so ``/tmp`` is not writable). The rest of ``data_dir`` (metadata with every ETL's secret,
       the cluster secret, job records, other targets' mountpaths, other pods'
@@ -264,13 +266,16 @@ def sandbox_argv(*, bwrap: str, python: str, data_dir: str, mountpaths: list[str
 
     AIStore's pods are Kubernetes pods: their own container filesystem, user and
     network, with the target's mountpaths mounted in for FQN reads. This is the
-    local stand-in; unlike Kubernetes it shares the host's loopback.
+    local stand-in, tighter on data (only lent objects, not every bucket) and,
+    unlike Kubernetes, sharing the host's loopback.
 
     Args:
         bwrap: path of the ``bwrap`` binary.
         python: interpreter inside the sandbox that applies Landlock and execs.
         data_dir: the cluster's data root.
-        mountpaths: the target's mountpaths (absolute).
+        read_dirs: directories the pod may read (absolute), mounted at the path
+            given even when that is a symlink (a data root may link its mountpaths
+            to tmpfs) and, when visible, also where they really are.
         pod_dir: the pod's working directory (created by the caller).
         ro_paths: extra read-only paths (absolute; missing ones are skipped).
         bind_port: the only TCP port the pod may bind.
@@ -291,9 +296,9 @@ def sandbox_argv(*, bwrap: str, python: str, data_dir: str, mountpaths: list[str
             a += ["--ro-bind", path, path]
     for name in _ETC_FILES:
         a += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    # (source, where the pod sees it): a mountpath at the path its target names in FQNs
+    # (source, where the pod sees it): a lend directory at the path its target names in FQNs
     # (the target does not resolve symlinks: a data root may link its mountpaths to tmpfs)
-    allowed = [(os.path.realpath(p), os.path.abspath(p)) for p in mountpaths]
+    allowed = [(os.path.realpath(p), os.path.abspath(p)) for p in read_dirs]
     roots: list[str] = []
     for p in sorted({os.path.realpath(p) for p in ro_paths if p and os.path.isabs(p)}, key=len):
         if not os.path.exists(p):
@@ -320,19 +325,6 @@ def sandbox_argv(*, bwrap: str, python: str, data_dir: str, mountpaths: list[str
     if landlock:
         a += [python, "-I", "-S", "-c", _LANDLOCK_EXEC, str(bind_port)]
     return a
-
-
-def _target_mountpaths(data_dir: str, target_id: str) -> list[str]:
-    """A target's mountpaths: from ``<data>/cluster.json`` (the launcher's layout),
-    else the ``--mountpath`` arguments of this (target) process."""
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        with open(os.path.join(data_dir, "cluster.json")) as f:
-            layout = json.load(f)
-        for t in layout["targets"]:
-            if t["id"] == target_id:
-                return [os.path.join(data_dir, mp) for mp in t["mountpaths"]]
-    argv = sys.argv
-    return [os.path.abspath(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == "--mountpath"]
 
 
 _VENV_LAYOUT = 2  # bump when the layout of cached pod venvs changes (old ones are then rebuilt)
@@ -391,7 +383,7 @@ class PodRuntime(Protocol):
     """Starts pods. Implementations: :class:`LocalProcessRuntime` (Kubernetes: not here)."""
 
     async def start(self, spec: EtlSpec, *, target_id: str, target_url: str, secret: str,
-                    on_exit: Callable[["LocalPod"], Awaitable[None]]) -> "LocalPod": ...
+                    on_exit: Callable[["LocalPod"], Awaitable[None]], read_dirs: Sequence[str] = ()) -> "LocalPod": ...
 
 
 class LocalPod:
@@ -545,12 +537,10 @@ class LocalProcessRuntime:
         confine: ``None`` = confine pods (:func:`sandbox_argv`) when
             :func:`confinement` says this machine can; ``False`` = never (a
             warning is logged once when ``None`` finds it cannot).
-        mountpaths: per target id, the mountpaths its pods may read; default:
-            ``<data_dir>/cluster.json``, else this process's ``--mountpath`` args.
     """
 
     def __init__(self, data_dir: str, *, python: str = sys.executable, pid_namespace: bool | None = None,
-                 confine: bool | None = None, mountpaths: dict[str, list[str]] | None = None) -> None:
+                 confine: bool | None = None) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.python = python
         c = confinement() if confine is not False else None
@@ -559,7 +549,6 @@ class LocalProcessRuntime:
         self._bwrap = c.bwrap if c else None
         if c is not None:
             _warn_unconfined_once(c)
-        self._mountpaths = dict(mountpaths or {})
         if self.confined:
             self.pid_namespace = True
         else:
@@ -682,8 +671,12 @@ class LocalProcessRuntime:
         )
 
     async def start(self, spec: EtlSpec, *, target_id: str, target_url: str, secret: str,
-                    on_exit: Callable[[LocalPod], Awaitable[None]]) -> LocalPod:
+                    on_exit: Callable[[LocalPod], Awaitable[None]], read_dirs: Sequence[str] = ()) -> LocalPod:
         """Start the pod of ``spec`` for ``target_id``; return once it answers ``/health``.
+
+        ``read_dirs``: what a confined pod may read besides its own files (its
+        target's lend directories, :class:`engine.storage.FqnLender`); an
+        unconfined pod reads what its uid can.
 
         Raises:
             PodError: no local command, pip failure, missing OS packages, exit
@@ -707,7 +700,7 @@ class LocalProcessRuntime:
             env["PATH"] = _pod_path(pod_dir, cmd[0], spec.env_value("OS_PACKAGES") or "")
         # absolute: the pod's PATH may be its own small one (see _pod_path)
         if self.confined and self._bwrap:
-            prefix = self._sandbox_prefix(spec, target_id, cmd, pod_dir, port)
+            prefix = self._sandbox_prefix(cmd, pod_dir, port, list(read_dirs))
         elif self.pid_namespace:
             prefix = [shutil.which("unshare") or "unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
         else:
@@ -739,19 +732,18 @@ class LocalProcessRuntime:
         pod._watcher = asyncio.ensure_future(watch())  # not awaited by stop(): on_exit may call stop()
         return pod
 
-    def _sandbox_prefix(self, spec: EtlSpec, target_id: str, cmd: list[str], pod_dir: str, port: int) -> list[str]:
-        """:func:`sandbox_argv` for one pod: its target's mountpaths, its working
+    def _sandbox_prefix(self, cmd: list[str], pod_dir: str, port: int, read_dirs: list[str]) -> list[str]:
+        """:func:`sandbox_argv` for one pod: what it may read, its working
         directory and the Python it runs (a raw command's other files must be under
         those paths, as a container's files are in its image)."""
         assert self._bwrap
-        mps = self._mountpaths.get(target_id) or _target_mountpaths(self.data_dir, target_id)
         os.makedirs(os.path.join(pod_dir, "tmp"), exist_ok=True)
         pythons = [self.python, cmd[0]] if "python" in os.path.basename(cmd[0]) else [self.python]
         ro = _python_paths(pythons)
         venvs = os.path.join(self.data_dir, "etl-venvs")
         if _under(os.path.abspath(cmd[0]), venvs):
             ro.append(os.path.dirname(os.path.dirname(os.path.abspath(cmd[0]))))  # the pod's PACKAGES venv
-        return sandbox_argv(bwrap=self._bwrap, python=self.python, data_dir=self.data_dir, mountpaths=mps,
+        return sandbox_argv(bwrap=self._bwrap, python=self.python, data_dir=self.data_dir, read_dirs=read_dirs,
                             pod_dir=pod_dir, ro_paths=ro, bind_port=port, landlock=self.landlock)
 
     def forget(self, target_id: str, name: str) -> None:

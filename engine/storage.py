@@ -6,6 +6,7 @@ Layout (AIStore ``fs/fs.go``, ``fs/content.go``)::
     <mountpath>/@ais/<bucket>/%wk/<random>         work files being written
     <mountpath>/%trash/<bucket>.<ns>               destroyed buckets awaiting removal
     <mountpath>/.aioetl.bmd.json                   this target's last BMD (a copy per mountpath)
+    <mountpath>/.aioetl-lend/<etl>/<link>          objects lent to a confined pod (:class:`FqnLender`)
 
 Object metadata (the LOM: size, xxhash64 checksum, version, atime, custom
 metadata) lives in the ``user.ais.lom`` extended attribute of the object file,
@@ -39,7 +40,7 @@ from .errors import Conflict, InsufficientStorage, obj_not_found
 from .names import make_uname, validate_obj_name
 from .smap import digest, hrw_pick
 
-__all__ = ["CKSUM_TYPE", "LomMD", "Mountpath", "Store", "WorkFile", "fs_type"]
+__all__ = ["CKSUM_TYPE", "FqnLender", "LomMD", "Mountpath", "Store", "WorkFile", "fs_type"]
 
 _VOLATILE: dict[str, bool] = {}
 _WORK_SALT = secrets.token_hex(4)
@@ -59,6 +60,7 @@ XATTR = "user.ais.lom"
 _OBJ_DIR = "%ob"
 _WORK_DIR = "%wk"
 _TRASH_DIR = "%trash"
+LEND_DIR = ".aioetl-lend"
 _BMD_COPY = ".aioetl.bmd.json"
 
 
@@ -245,6 +247,86 @@ def _map_oserror(e: OSError, bck: str, obj: str) -> Exception:
     if e.errno == errno.ENAMETOOLONG:
         return Conflict(f'object "ais://{bck}/{obj}": name too long for the filesystem')
     return e
+
+
+class FqnLender:
+    """Shows a confined pod the objects it is asked to read, and nothing else of a mountpath.
+
+    AIStore hands a pod the FQN of each object to transform (``etl_fqn`` in
+    hpush/hpull requests, ``fqn`` in ws control messages: ``ext/etl/communicator.go``,
+    ``ext/etl/webskt.go``) and mounts the target's mountpaths into the pod, so a
+    pod can read every object of every bucket on its target. Here a confined pod
+    mounts only ``<mountpath>/.aioetl-lend/<etl>/`` (one per mountpath,
+    read-only); for each request the target hard-links the object's file there
+    (:meth:`lend`), sends that path as the FQN, and removes the link when the
+    reply is in (:meth:`give_back`). Other buckets' files, other ETLs' lends and
+    the metadata next to them are not in the pod's filesystem at all. A link also
+    pins the bytes a request is about: a PUT that replaces the object meanwhile
+    (a rename over it) does not change what the pod reads. The link name ends with
+    the object's own base name, so a transform that looks at the extension sees it.
+
+    Cost: one ``link`` and one ``unlink`` per object (see perf/bench_lend.py).
+
+    Args:
+        mountpaths: the target's mountpaths (as its FQNs name them).
+        etl: the ETL name (one directory per ETL and mountpath).
+
+    Raises:
+        OSError: a lend directory cannot be created.
+    """
+
+    def __init__(self, mountpaths: list[str], etl: str) -> None:
+        self.etl = etl
+        self._dirs: list[tuple[str, str]] = []
+        for mp in mountpaths:
+            d = os.path.join(mp, LEND_DIR, etl)
+            shutil.rmtree(d, ignore_errors=True)  # a previous pod's leftovers
+            os.makedirs(d, mode=0o711)
+            os.chmod(d, 0o711)
+            self._dirs.append((mp.rstrip("/") + "/", d))
+        self._salt = secrets.token_hex(6)
+        self._seq = itertools.count()
+
+    @property
+    def dirs(self) -> list[str]:
+        """The directories to mount into the pod (read-only), as the FQNs name them."""
+        return [d for _, d in self._dirs]
+
+    def lend(self, fqn: str) -> str:
+        """Hard-link ``fqn`` into this ETL's lend directory on its mountpath; return the link's path.
+
+        Raises:
+            NotFound: the object is gone (removed since it was looked up).
+            ValueError: ``fqn`` is on none of the mountpaths.
+        """
+        for prefix, d in self._dirs:
+            if fqn.startswith(prefix):
+                break
+        else:
+            raise ValueError(f"{fqn!r} is on none of the mountpaths")
+        base = fqn.rsplit("/", 1)[1]
+        path = f"{d}/{self._salt}.{next(self._seq)}.{base[-200:]}"
+        try:
+            os.link(fqn, path)
+        except (FileNotFoundError, NotADirectoryError):
+            rest = fqn[len(prefix):].split("/", 3)  # @ais, bck, %ob, obj
+            raise obj_not_found(rest[1] if len(rest) > 1 else "?", rest[3] if len(rest) > 3 else fqn) from None
+        except OSError as e:
+            if e.errno != errno.EXDEV:  # a bucket directory on another filesystem: copy instead
+                raise
+            shutil.copyfile(fqn, path)
+        return path
+
+    @staticmethod
+    def give_back(path: str) -> None:
+        """Remove a lent link (a no-op when it is already gone)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def close(self) -> None:
+        """Remove this ETL's lend directories (the pod is gone)."""
+        for _, d in self._dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 class Store:
@@ -454,6 +536,7 @@ class Store:
         removed = 0
         for mp in self.mountpaths:
             shutil.rmtree(os.path.join(mp.path, _TRASH_DIR), ignore_errors=True)
+            shutil.rmtree(os.path.join(mp.path, LEND_DIR), ignore_errors=True)
             base = os.path.join(mp.path, "@ais")
             if not os.path.isdir(base):
                 continue

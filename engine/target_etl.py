@@ -39,6 +39,7 @@ from .etl import HPULL, STAGE_ABORTED, STAGE_RUNNING, WS, EtlSpec, etl_not_found
 from .httpd import json_response, read_json
 from .names import make_uname, parse_uname, validate_bck_name, validate_obj_name
 from .pods import LocalPod, LocalProcessRuntime
+from .storage import FqnLender
 
 if TYPE_CHECKING:
     from .target import Target
@@ -63,6 +64,7 @@ class EtlInstance:
         self.xid = xid
         self.pod: LocalPod | None = None
         self.comm: HpushComm | WsComm | None = None
+        self.lender: FqnLender | None = None  # a confined pod reads only what is lent
         self.stage = "Initializing"
         self.errors = ObjErrs()
         self.obj_count = 0
@@ -139,19 +141,25 @@ class EtlManager:
             inst = EtlInstance(spec, secret, xid)
             self.etls[spec.name] = inst
             try:
+                if self.runtime.confined:
+                    inst.lender = FqnLender([mp.path for mp in self.t.store.mountpaths], spec.name)
                 inst.pod = await self.runtime.start(
                     spec, target_id=self.t.node_id, target_url=self.t.url, secret=secret,
                     on_exit=lambda pod, n=spec.name: self._on_pod_exit(n, pod),
+                    read_dirs=inst.lender.dirs if inst.lender else (),
                 )
                 session = await self._session()
                 if spec.comm_type == WS:
-                    inst.comm = WsComm(spec.name, inst.pod.url, spec.obj_timeout_s, session, n_conns=2)
+                    inst.comm = WsComm(spec.name, inst.pod.url, spec.obj_timeout_s, session, n_conns=2,
+                                       lender=inst.lender)
                 elif spec.comm_type == HPULL:
-                    inst.comm = HpullComm(spec.name, inst.pod.url, spec.obj_timeout_s, session)
+                    inst.comm = HpullComm(spec.name, inst.pod.url, spec.obj_timeout_s, session, inst.lender)
                 else:
-                    inst.comm = HpushComm(spec.name, inst.pod.url, spec.obj_timeout_s, session)
+                    inst.comm = HpushComm(spec.name, inst.pod.url, spec.obj_timeout_s, session, inst.lender)
             except BaseException:
                 self.etls.pop(spec.name, None)
+                if inst.lender is not None:
+                    inst.lender.close()
                 raise
             inst.stage = STAGE_RUNNING
         log.info("etl running", etl=spec.name, target=self.t.node_id, pod=inst.pod.url,
@@ -169,6 +177,8 @@ class EtlManager:
             await inst.comm.close()
         if inst.pod is not None:
             await inst.pod.stop()
+        if inst.lender is not None:
+            inst.lender.close()
         self.runtime.forget(self.t.node_id, name)
         return True
 

@@ -182,8 +182,10 @@ class PodProcess:
         from engine.pods import LocalProcessRuntime
 
         self.spec = parse_init_msg(msg)
-        # the pod reads objects by FQN: their mountpath must be visible in its sandbox
-        self.runtime = LocalProcessRuntime(root, mountpaths={"perf": mountpaths or []})
+        # the pod reads objects by FQN: their directory must be visible in its sandbox (a
+        # target lends objects one by one instead, see engine.storage.FqnLender; perf/bench_lend.py)
+        self.read_dirs = mountpaths or []
+        self.runtime = LocalProcessRuntime(root)
         self.pod: Any = None
 
     async def start(self) -> "PodProcess":
@@ -191,7 +193,8 @@ class PodProcess:
             pass
 
         self.pod = await self.runtime.start(self.spec, target_id="perf", target_url="http://127.0.0.1:9",
-                                            secret=secrets.token_hex(4), on_exit=on_exit)
+                                            secret=secrets.token_hex(4), on_exit=on_exit,
+                                            read_dirs=self.read_dirs)
         return self
 
     @property

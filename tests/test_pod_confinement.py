@@ -205,6 +205,10 @@ def _plan(cluster: LocalCluster, outside: str, free_port: int, other_etl: str, p
     for i in range(N_OBJS):  # another bucket's object file, on every target
         for tid, p in _fqns(cluster, SECRET_BCK, f"s-{i:03d}").items():
             reads.setdefault(f"other bucket's object on {tid}", p)
+    for i in range(N_OBJS):  # its own bucket's object, by its real FQN (only lent links are visible)
+        p = _fqns(cluster, SRC, f"o-{i:03d}.bin").get(probe_target)
+        if p:
+            reads.setdefault("own bucket's object file, not lent", p)
     for tid in mps:
         reads[f"other ETL's pod dir on {tid}"] = os.path.join(d, "etl-pods", other_etl, tid, "planted.txt")
     writes = {
@@ -267,10 +271,9 @@ def test_hostile_transform_is_confined(conf_cluster: LocalCluster, tmp_path: Any
                 failures.append(f"{comm}: no probe output")
                 continue
             for attempt, outcome in res.items():
-                own_target_bucket = attempt == f"read other bucket's object on {probe_target}"
                 binds_limited = pods.confinement().landlock_abi >= 4  # Linux >= 6.7; else warned
                 must_fail = attempt.startswith(("read ", "write ", "bind " if binds_limited else "read ")) \
-                    and attempt != "write own working directory" and not own_target_bucket \
+                    and attempt != "write own working directory" \
                     and not attempt.startswith(("read other pods' secrets", "write /dev/shm"))
                 if must_fail and outcome.startswith("ok"):
                     failures.append(f"{comm}: {attempt!r} succeeded from inside the pod: {outcome}")
