@@ -262,8 +262,9 @@ class FqnLender:
     reply is in (:meth:`give_back`). Other buckets' files, other ETLs' lends and
     the metadata next to them are not in the pod's filesystem at all. A link also
     pins the bytes a request is about: a PUT that replaces the object meanwhile
-    (a rename over it) does not change what the pod reads. The link name ends with
-    the object's own base name, so a transform that looks at the extension sees it.
+    (a rename over it) does not change what the pod reads. The link has the FQN's
+    own base name (a transform may read the name or extension from it), in one of
+    a pool of slot directories (one per request in flight, reused).
 
     Cost: one ``link`` and one ``unlink`` per object (see perf/bench_lend.py).
 
@@ -286,6 +287,9 @@ class FqnLender:
             self._dirs.append((mp.rstrip("/") + "/", d))
         self._salt = secrets.token_hex(6)
         self._seq = itertools.count()
+        # free slot directories per lend directory: a link keeps the object's own base name,
+        # so two requests in flight need two slots; slots are reused, not made per object
+        self._free: dict[str, list[str]] = {d: [] for _, d in self._dirs}
 
     @property
     def dirs(self) -> list[str]:
@@ -293,7 +297,8 @@ class FqnLender:
         return [d for _, d in self._dirs]
 
     def lend(self, fqn: str) -> str:
-        """Hard-link ``fqn`` into this ETL's lend directory on its mountpath; return the link's path.
+        """Hard-link ``fqn`` into a free slot of this ETL's lend directory on its
+        mountpath; return the link's path (``<lend dir>/<slot>/<the FQN's base name>``).
 
         Raises:
             NotFound: the object is gone (removed since it was looked up).
@@ -304,24 +309,35 @@ class FqnLender:
                 break
         else:
             raise ValueError(f"{fqn!r} is on none of the mountpaths")
-        base = fqn.rsplit("/", 1)[1]
-        path = f"{d}/{self._salt}.{next(self._seq)}.{base[-200:]}"
+        free = self._free[d]
+        if free:
+            slot = free.pop()
+        else:
+            slot = f"{d}/{self._salt}.{next(self._seq)}"
+            os.mkdir(slot, 0o711)
+        path = f"{slot}/{fqn.rsplit('/', 1)[1]}"
         try:
             os.link(fqn, path)
-        except (FileNotFoundError, NotADirectoryError):
-            rest = fqn[len(prefix):].split("/", 3)  # @ais, bck, %ob, obj
-            raise obj_not_found(rest[1] if len(rest) > 1 else "?", rest[3] if len(rest) > 3 else fqn) from None
         except OSError as e:
-            if e.errno != errno.EXDEV:  # a bucket directory on another filesystem: copy instead
+            if e.errno != errno.EXDEV:
+                free.append(slot)
+                if isinstance(e, (FileNotFoundError, NotADirectoryError)):
+                    rest = fqn[len(prefix):].split("/", 3)  # @ais, bck, %ob, obj
+                    raise obj_not_found(rest[1] if len(rest) > 1 else "?", rest[3] if len(rest) > 3 else fqn) from None
                 raise
-            shutil.copyfile(fqn, path)
+            shutil.copyfile(fqn, path)  # a bucket directory on another filesystem: copy instead
         return path
 
-    @staticmethod
-    def give_back(path: str) -> None:
-        """Remove a lent link (a no-op when it is already gone)."""
-        with contextlib.suppress(FileNotFoundError):
+    def give_back(self, path: str) -> None:
+        """Remove a lent link and free its slot (a no-op when it is already gone)."""
+        try:
             os.unlink(path)
+        except FileNotFoundError:
+            return
+        slot = path.rsplit("/", 1)[0]
+        free = self._free.get(slot.rsplit("/", 1)[0])
+        if free is not None:
+            free.append(slot)
 
     def close(self) -> None:
         """Remove this ETL's lend directories (the pod is gone)."""
