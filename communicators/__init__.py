@@ -4,10 +4,10 @@ Pod side (this package's public API, compatible with ``aistore[etl]`` 2.0.0):
 
 - :class:`ETLServer` (``transform`` / ``transform_stream``), :class:`AiohttpServer`
   (the fast default), :class:`FastAPIServer` (drop-in for aistore[etl]'s);
-- the sans-I/O wire helpers of :mod:`communicators.wire`;
-- the pod entry point ``python -m communicators.bootstrap``.
+- the sans-I/O wire helpers of :mod:`aioetl.communicators.wire.frames`;
+- the pod entry point ``python -m aioetl.communicators.pod.bootstrap``.
 
-Target side: :mod:`communicators.target_comm`.
+Target side: :mod:`aioetl.communicators.target.comm`.
 
 The FastAPI flavour is imported lazily (FastAPI is an optional dependency).
 """
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .aiohttp_server import AiohttpServer
-from .server import ETLDirectPutTransientError, ETLServer, PodConfig, TargetRequestError
-from .wire import (
+from aioetl.communicators.pod.aiohttp_server import AiohttpServer
+from aioetl.communicators.pod.server import ETLDirectPutTransientError, ETLServer, PodConfig, TargetRequestError
+from aioetl.communicators.wire.frames import (
     DirectPutOutcome,
     InvalidPipelineError,
     WsControl,
@@ -59,7 +59,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "FastAPIServer":
-        from .fastapi_server import FastAPIServer
+        from aioetl.communicators.pod.fastapi_server import FastAPIServer
 
         return FastAPIServer
     raise AttributeError(f"module 'communicators' has no attribute {name!r}")

@@ -7,7 +7,7 @@ concurrency, interleaved in rounds (:func:`perf.common.interleave`):
   owning target; aiohttp follows it (for PUT it re-sends the ``bytes`` body, as
   the aistore SDK's ``requests`` does). The run checks that it did.
 - ``direct``: requests go straight to the HRW owner (the client computes HRW on
-  the smap it fetched once), as :class:`engine.client.DataClient` does; no redirect.
+  the smap it fetched once), as :class:`aioetl.engine.client.data.DataClient` does; no redirect.
 - ``echo``: a bare aiohttp server in its own process: PUT keeps the body in a
   dict, GET returns it. The floor of what aiohttp on this machine can do.
 
@@ -48,9 +48,9 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from engine.launcher import LocalCluster
-from engine.names import make_uname
-from engine.smap import Smap
+from aioetl.engine.node.launcher import LocalCluster
+from aioetl.engine.core.names import make_uname
+from aioetl.engine.core.smap import Smap
 
 from .common import (
     MiB,
@@ -225,7 +225,7 @@ class EchoServer(ServerProcess):
 def _nodes_under_cprofile(profile_dir: str) -> Iterator[None]:
     """While active, node processes the launcher spawns run under cProfile.
 
-    The launcher starts ``sys.executable -m engine.node ...``; this points
+    The launcher starts ``sys.executable -m aioetl.engine.node.main ...``; this points
     ``sys.executable`` at a wrapper that ``exec``s the same interpreter with
     ``-m cProfile -o <profile_dir>/<pid>.prof`` (same pid, so the launcher's
     readiness and ownership checks still hold). A node stopped by SIGTERM
@@ -509,7 +509,7 @@ def run(cfg: ClusterBenchConfig) -> BenchResult:
 
     Raises:
         BenchError: a request failed or returned wrong bytes.
-        engine.launcher.ClusterError: the cluster did not start.
+        aioetl.engine.node.launcher.ClusterError: the cluster did not start.
     """
     os.makedirs(cfg.data_parent, exist_ok=True)
     root = tempfile.mkdtemp(prefix="aioetl-perf-", dir=cfg.data_parent)

@@ -47,9 +47,9 @@ import aiohttp
 import cloudpickle
 from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer as _AisFastAPIServer
 
-from communicators import AiohttpServer
-from engine.launcher import LocalCluster
-from engine.smap import Smap
+from aioetl.communicators import AiohttpServer
+from aioetl.engine.node.launcher import LocalCluster
+from aioetl.engine.core.smap import Smap
 
 from .bench_cluster import _nodes_under_cprofile, _run_pass, _summarize_profiles
 from .bench_offline import _Data, _Placement, _populate
@@ -294,7 +294,7 @@ def run(cfg: InlineBenchConfig) -> BenchResult:
 
     Raises:
         InlineBenchError: a GET failed or returned wrong bytes.
-        engine.launcher.ClusterError: the cluster did not start.
+        aioetl.engine.node.launcher.ClusterError: the cluster did not start.
     """
     os.makedirs(cfg.data_parent, exist_ok=True)
     root = tempfile.mkdtemp(prefix="aioetl-perf-inline-", dir=cfg.data_parent)

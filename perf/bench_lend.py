@@ -1,4 +1,4 @@
-"""What lending an object to a confined pod costs per object (engine.storage.FqnLender).
+"""What lending an object to a confined pod costs per object (aioetl.engine.target.storage.FqnLender).
 
 ``python -m perf.bench_lend --out DIR [--objects N] [--size BYTES] [--rounds R] [--data-dir PATH]``
 
@@ -27,7 +27,7 @@ import tempfile
 import time
 from typing import Any
 
-from engine.storage import FqnLender, Store, fs_type
+from aioetl.engine.target.storage import FqnLender, Store, fs_type
 
 from .common import default_data_parent, machine_info
 

@@ -47,7 +47,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from engine.launcher import LocalCluster
+from aioetl.engine.node.launcher import LocalCluster
 
 from .common import MiB, _statm_rss, default_data_parent, delete_etls, filesystem_of, machine_info, write_results
 

@@ -69,8 +69,8 @@ from typing import Any, Awaitable, Callable
 
 import aiohttp
 
-from engine.launcher import LocalCluster
-from engine.smap import Smap
+from aioetl.engine.node.launcher import LocalCluster
+from aioetl.engine.core.smap import Smap
 
 from .bench_offline import (
     _check_outputs,
@@ -430,7 +430,7 @@ def run(cfg: MatrixBenchConfig) -> BenchResult:
 
     Raises:
         MatrixBenchError: a job or baseline failed or produced wrong bytes.
-        engine.launcher.ClusterError: the cluster did not start.
+        aioetl.engine.node.launcher.ClusterError: the cluster did not start.
     """
     os.makedirs(cfg.data_parent, exist_ok=True)
     root = tempfile.mkdtemp(prefix="aioetl-perf-matrix-", dir=cfg.data_parent)

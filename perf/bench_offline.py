@@ -24,7 +24,7 @@ each round), all reading the same source files:
   benchmark process.
 
 Source objects are written straight into the target's mountpath with
-:class:`engine.storage.Store` (HRW picks the target) after the cluster is up and
+:class:`aioetl.engine.target.storage.Store` (HRW picks the target) after the cluster is up and
 the buckets exist; the target serves what is on disk.
 
 Ratios (objects/s of the first over the second within each round, median over
@@ -51,10 +51,10 @@ from urllib.parse import quote
 
 import aiohttp
 
-from engine.launcher import LocalCluster
-from engine.names import make_uname
-from engine.smap import Smap
-from engine.storage import Store
+from aioetl.engine.node.launcher import LocalCluster
+from aioetl.engine.core.names import make_uname
+from aioetl.engine.core.smap import Smap
+from aioetl.engine.target.storage import Store
 
 from .bench_cluster import _nodes_under_cprofile, _summarize_profiles
 from .common import (
@@ -515,7 +515,7 @@ def run(cfg: OfflineBenchConfig) -> BenchResult:
 
     Raises:
         OfflineBenchError: a job failed or produced wrong bytes.
-        engine.launcher.ClusterError: the cluster did not start.
+        aioetl.engine.node.launcher.ClusterError: the cluster did not start.
     """
     os.makedirs(cfg.data_parent, exist_ok=True)
     root = tempfile.mkdtemp(prefix="aioetl-perf-offline-", dir=cfg.data_parent)

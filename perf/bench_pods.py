@@ -1,10 +1,10 @@
 """Pod-only benchmark: our aiohttp pod vs ``aistore[etl]``'s ``FastAPIServer`` pod.
 
 The pod is what is compared, so no target sits in between: this benchmark
-starts each pod exactly as a target does (:class:`engine.pods.LocalProcessRuntime`
+starts each pod exactly as a target does (:class:`aioetl.engine.target.pods.LocalProcessRuntime`
 with the init message ``Etl.init_class`` sends: image
 ``aistorage/runtime_python:<py>``, the class in ``ETL_CLASS_PAYLOAD``, run by
-:mod:`communicators.bootstrap`) and drives it the way a target does for hpush:
+:mod:`aioetl.communicators.pod.bootstrap`) and drives it the way a target does for hpush:
 
     PUT <pod>/<bck>/<obj>?etl_fqn=<url.PathEscape(FQN), query-encoded>   (empty body)
 
@@ -178,12 +178,12 @@ class PodProcess:
     """
 
     def __init__(self, root: str, msg: dict[str, Any], mountpaths: list[str] | None = None) -> None:
-        from engine.etl import parse_init_msg
-        from engine.pods import LocalProcessRuntime
+        from aioetl.engine.core.etl import parse_init_msg
+        from aioetl.engine.target.pods import LocalProcessRuntime
 
         self.spec = parse_init_msg(msg)
         # the pod reads objects by FQN: their directory must be visible in its sandbox (a
-        # target lends objects one by one instead, see engine.storage.FqnLender; perf/bench_lend.py)
+        # target lends objects one by one instead, see aioetl.engine.target.storage.FqnLender; perf/bench_lend.py)
         self.read_dirs = mountpaths or []
         self.runtime = LocalProcessRuntime(root)
         self.pod: Any = None
@@ -316,7 +316,7 @@ async def _bench(cfg: PodBenchConfig, root: str) -> tuple[list[Measurement], dic
             pods[kind] = await PodProcess(os.path.join(root, "runtime"), msg,
                                           mountpaths=[os.path.join(root, "data", "mp0")]).start()
         info["pod_start_s"] = round(time.monotonic() - t0, 2)
-        from communicators.bootstrap import num_workers
+        from aioetl.communicators.pod.bootstrap import num_workers
 
         info["num_workers"] = cfg.workers or num_workers(None)
         info["pods"] = {k: {"url": p.url, "pids": p.pids(), "class": f"{classes[k].__module__}.{classes[k].__qualname__}"}
@@ -377,7 +377,7 @@ def run(cfg: PodBenchConfig) -> BenchResult:
 
     Raises:
         PodBenchError: a pod or the client failed, or bytes came back wrong.
-        engine.pods.PodError: a pod did not start.
+        aioetl.engine.target.pods.PodError: a pod did not start.
     """
     os.makedirs(cfg.data_parent, exist_ok=True)
     root = tempfile.mkdtemp(prefix="aioetl-perf-pods-", dir=cfg.data_parent)

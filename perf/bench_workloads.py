@@ -52,9 +52,9 @@ from typing import Any, Awaitable, Callable, Union
 import aiohttp
 import cloudpickle
 
-from communicators import AiohttpServer
-from engine.launcher import LocalCluster
-from engine.smap import Smap
+from aioetl.communicators import AiohttpServer
+from aioetl.engine.node.launcher import LocalCluster
+from aioetl.engine.core.smap import Smap
 
 from . import workloads as wl
 from .bench_offline import _create_bucket, _destroy_bucket, _job_counts, _Placement, _summarize, run_job

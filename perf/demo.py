@@ -7,17 +7,17 @@ Steps (each timed):
 
 1. dataset: clip-art PNGs and fortune quotations from Debian packages
    (:mod:`perf.datasets`, cached per machine; the first run downloads ~132 MB);
-2. a local cluster (:class:`engine.launcher.LocalCluster`, ``--targets`` targets)
+2. a local cluster (:class:`aioetl.engine.node.launcher.LocalCluster`, ``--targets`` targets)
    whose data root is ``--data`` (default ``./demo-data``, git-ignored) and whose
    object data (the ``targets/`` subtree) lives on tmpfs ``/dev/shm`` when there
    is one (``--disk`` keeps it on the data root's filesystem);
 3. upload into ``ais://demo-images`` and ``ais://demo-texts``
-   (:meth:`engine.client.DataClient.put_files`, straight to each HRW owner);
+   (:meth:`aioetl.engine.client.data.DataClient.put_files`, straight to each HRW owner);
 4. two ETLs initialized through the official aistore SDK,
    ``client.etl(name).init_class(dependencies=[...])(Cls)`` with the classes of
    :mod:`perf.workloads` (pickled by value, as a user's own classes would be);
 5. two offline jobs, ``bucket.transform(..., cont_on_err=True)``, each watched
-   with the CLI's live progress bar and closing summary (:mod:`engine.cli_jobs`):
+   with the CLI's live progress bar and closing summary (:mod:`aioetl.engine.client.cli.jobs`):
    PNG -> JPEG thumbnail into ``ais://demo-thumbs`` (``ext={"png": "jpg"}``) and
    text -> zstd into ``ais://demo-texts-zst`` (``ext={"txt": "txt.zst"}``);
 6. checks: every source object has its output except the images over Pillow's
@@ -102,7 +102,7 @@ def prepare_data_root(data: Path, *, use_shm: bool) -> tuple[Path, Path]:
     Raises:
         SystemExit: a cluster is running on ``data``, or ``data`` is not a demo root.
     """
-    from engine.launcher import running_nodes
+    from aioetl.engine.node.launcher import running_nodes
 
     data = data.resolve()
     if data.exists():
@@ -179,7 +179,7 @@ def _stage_texts(items: Sequence[tuple[str, bytes]], root: Path) -> list[tuple[P
 
 
 async def _upload(endpoint: str, sets: list[tuple[str, list[tuple[Path, str]]]]) -> list[tuple[str, int, int, float]]:
-    from engine.client import DataClient
+    from aioetl.engine.client.data import DataClient
 
     dc = DataClient(endpoint)
     res = []
@@ -212,7 +212,7 @@ def _init_etls(sdk: Any, env: dict[str, str]) -> None:
 
 
 def _run_job(sdk: Any, http: Any, rep: JobReport, ext: dict[str, str]) -> None:
-    from engine.cli_jobs import summary, watch
+    from aioetl.engine.client.cli.jobs import summary, watch
 
     rep.xid = sdk.bucket(rep.src).transform(etl_name=rep.etl, to_bck=sdk.bucket(rep.dst), ext=ext,
                                             cont_on_err=True, timeout="30m")
@@ -259,7 +259,7 @@ def _check_job(rep: JobReport, src_names: list[str], to_name: Callable[[str], st
 
 
 async def _fetch(endpoint: str, bck: str, names: Sequence[str]) -> dict[str, bytes]:
-    from engine.client import DataClient
+    from aioetl.engine.client.data import DataClient
 
     dc = DataClient(endpoint)
     sem = asyncio.Semaphore(8)
@@ -272,7 +272,7 @@ async def _fetch(endpoint: str, bck: str, names: Sequence[str]) -> dict[str, byt
 
 
 async def _listing(endpoint: str, bck: str) -> dict[str, int]:
-    from engine.client import DataClient
+    from aioetl.engine.client.data import DataClient
 
     return {e["n"]: int(e.get("s") or 0) for e in await DataClient(endpoint).list_objects(bck)}
 
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     from PIL import Image
 
-    from engine.launcher import LocalCluster
+    from aioetl.engine.node.launcher import LocalCluster
     from perf.common import filesystem_of
 
     from .datasets import Dataset, DatasetError

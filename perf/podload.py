@@ -107,7 +107,7 @@ def pod_url_for(base: str, path: str, fqn: str | None) -> str:
     ``etl_fqn`` is ``url.PathEscape(fqn)`` and then query-encoded again, so the
     pod sees ``%2F...`` after one decoding (protocol reference §1.3, §1.7).
     """
-    from communicators.target_comm import fqn_param
+    from aioetl.communicators.target.comm import fqn_param
 
     url = f"{base}/{quote(path, safe='/')}"
     if fqn:

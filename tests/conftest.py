@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from engine.launcher import LocalCluster
+from aioetl.engine.node.launcher import LocalCluster
 
 
 def fast_data_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[str]:

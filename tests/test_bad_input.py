@@ -30,9 +30,9 @@ import pytest
 import requests
 import xxhash
 
-from engine.launcher import LocalCluster
-from engine.names import make_uname
-from engine.smap import Smap
+from aioetl.engine.node.launcher import LocalCluster
+from aioetl.engine.core.names import make_uname
+from aioetl.engine.core.smap import Smap
 
 TIMEOUT_S = 30.0
 CREATE = json.dumps({"action": "create-bck", "name": "", "value": None}).encode()

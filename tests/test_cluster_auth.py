@@ -6,7 +6,7 @@
   id with ``../`` writes no file, an impostor's join is refused and no client GET
   ever reaches it.
 - The classification is complete: every route of the gateway and target apps is
-  either internal (:data:`engine.auth.GATEWAY_INTERNAL`/``TARGET_INTERNAL``) or in
+  either internal (:data:`aioetl.engine.node.auth.GATEWAY_INTERNAL`/``TARGET_INTERNAL``) or in
   this file's list of public routes, so a new route must be classified.
 - The secret file is 0600 and reused on restart; etlMD (per-ETL secrets) is 0600;
   no pod process has the secret in its environment or command line.
@@ -29,8 +29,8 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from engine.auth import GATEWAY_INTERNAL, HEADER, SECRET_FILE, TARGET_INTERNAL, check_credential
-from engine.launcher import LocalCluster
+from aioetl.engine.node.auth import GATEWAY_INTERNAL, HEADER, SECRET_FILE, TARGET_INTERNAL, check_credential
+from aioetl.engine.node.launcher import LocalCluster
 from tests.conftest import fast_data_dir, make_sdk_client
 
 pytestmark = pytest.mark.timeout(600)
@@ -135,8 +135,8 @@ def test_check_credential_is_exact() -> None:
 
 def test_every_route_is_classified(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A route added later must be put in one of the two lists (internal or public)."""
-    from engine.gateway import Gateway, GatewayConfig
-    from engine.target import Target, TargetConfig
+    from aioetl.engine.gateway.gateway import Gateway, GatewayConfig
+    from aioetl.engine.target.target import Target, TargetConfig
 
     gw = Gateway(GatewayConfig(node_id="p-x", data_dir=str(tmp_path / "g"), cluster_secret="s" * 32))
     tg = Target(TargetConfig(node_id="t-x", mountpaths=[str(tmp_path / "mp")], gateway_url="http://127.0.0.1:9",
@@ -298,7 +298,7 @@ def test_node_without_a_secret_does_not_start(tmp_path) -> None:  # type: ignore
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = subprocess.run([sys.executable, "-m", "engine.node", "gateway", "--id", "p-x", "--data", str(tmp_path),
+    p = subprocess.run([sys.executable, "-m", "aioetl.engine.node.main", "gateway", "--id", "p-x", "--data", str(tmp_path),
                         "--port", str(port)], env=env, capture_output=True, timeout=60,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert p.returncode != 0

@@ -4,7 +4,7 @@ Real loopback servers, no mocks: a scripted ws "pod" (aiohttp, in this process)
 that misbehaves for chosen object names, once speaking AIStore's order-based
 protocol (no ``Aioetl-Worker`` header) and once our id protocol; a raw asyncio
 HTTP "pod" for hpush replies without a proven length or with a 204 nobody asked
-for; and the receive side of direct puts (:mod:`engine.receipts`).
+for; and the receive side of direct puts (:mod:`aioetl.engine.scheduler.receipts`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from communicators.const import HEADER_WS_IDS
-from communicators.target_comm import HpushComm, WsComm
-from communicators.wire import WsControl, frame_ws_reply
-from engine.errors import AioetlError, Conflict
-from engine.receipts import Receipts
-from engine.storage import LomMD
+from aioetl.communicators.wire.const import HEADER_WS_IDS
+from aioetl.communicators.target.comm import HpushComm, WsComm
+from aioetl.communicators.wire.frames import WsControl, frame_ws_reply
+from aioetl.errors import AioetlError, Conflict
+from aioetl.engine.scheduler.receipts import Receipts
+from aioetl.engine.target.storage import LomMD
 
 
 async def _scripted_pod(ids: bool) -> tuple[web.AppRunner, str, dict[str, int]]:
@@ -266,14 +266,14 @@ def test_settle_route_refuses_bad_bodies(tmp_path: Any) -> None:
     """The settle body shape is checked (400), not trusted."""
     from types import SimpleNamespace as NS
 
-    from engine.offline import OfflineJobs
+    from aioetl.engine.scheduler.offline import OfflineJobs
 
     stand_in = NS(cfg=NS(data_dir=str(tmp_path)), node_id="t1", store=NS(mountpaths=[NS(volatile=True)]))
     jobs = OfflineJobs(stand_in)  # type: ignore[arg-type]
 
     async def run() -> list[int]:
         app = web.Application()
-        from engine.httpd import error_middleware
+        from aioetl.engine.node.httpd import error_middleware
 
         app.middlewares.append(error_middleware("t1"))
         app.router.add_post("/v1/xactions/_settle", jobs.h_settle)

@@ -37,8 +37,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.auth import HEADER
-from engine.launcher import LocalCluster
+from aioetl.engine.node.auth import HEADER
+from aioetl.engine.node.launcher import LocalCluster
 
 REQ_TIMEOUT_S = 20.0
 KEEP = "fz"  # protected: only read by the fuzzer

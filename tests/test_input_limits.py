@@ -20,11 +20,11 @@ import psutil
 import pytest
 import requests
 
-from engine.auth import HEADER
-from engine.launcher import LocalCluster
-from engine.names import make_uname
-from engine.smap import Smap
-from xactions.tcb import MAX_NUM_WORKERS
+from aioetl.engine.node.auth import HEADER
+from aioetl.engine.node.launcher import LocalCluster
+from aioetl.engine.core.names import make_uname
+from aioetl.engine.core.smap import Smap
+from aioetl.xactions.tcb import MAX_NUM_WORKERS
 
 from tests.conftest import fast_data_dir
 from tests.test_bad_input import CREATE, raw, target_urls, wait_for, work_files

@@ -16,7 +16,7 @@ the node that has no such route) or fail to connect, and afterwards every source
 object is still listed and intact and the cluster map has no impostor.
 ``AIOETL_CONFINEMENT_REPORT=FILE`` saves the outcomes as JSON.
 
-Skips only where this OS refuses the sandbox (:func:`engine.pods.confinement`
+Skips only where this OS refuses the sandbox (:func:`aioetl.engine.target.pods.confinement`
 says why); a missing ``bwrap`` is a failure (``.ci/run`` installs bubblewrap).
 """
 
@@ -34,8 +34,8 @@ import requests
 from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer as AisFastAPIServer
 
 from conftest import fast_data_dir, make_sdk_client
-from engine import pods
-from engine.launcher import LocalCluster
+from aioetl.engine.target import pods
+from aioetl.engine.node.launcher import LocalCluster
 
 pytestmark = pytest.mark.timeout(600)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

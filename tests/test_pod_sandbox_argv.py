@@ -1,4 +1,4 @@
-"""Pure tests of the pod sandbox's command line (engine.pods.sandbox_argv) and of
+"""Pure tests of the pod sandbox's command line (aioetl.engine.target.pods.sandbox_argv) and of
 the once-only warning where pods cannot be confined. No process is started."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from engine import pods
+from aioetl.engine.target import pods
 
 
 def _argv(tmp_path: Any, **kw: Any) -> list[str]:

@@ -1,5 +1,5 @@
 """Loopback tests of the pod-side ETL servers: real pod processes started through
-``python -m communicators.bootstrap`` with cloudpickled classes (defined here;
+``python -m aioetl.communicators.pod.bootstrap`` with cloudpickled classes (defined here;
 this module is registered with cloudpickle by value so the pods need not import it).
 
 The peer target is a **stand-in**: a small aiohttp app on 127.0.0.1:0 (in a
@@ -32,7 +32,7 @@ import requests
 from aiohttp import web
 from websockets.sync.client import connect as ws_connect
 
-from communicators import AiohttpServer, ETLDirectPutTransientError, FastAPIServer, classify_ws_text, parse_ws_error
+from aioetl.communicators import AiohttpServer, ETLDirectPutTransientError, FastAPIServer, classify_ws_text, parse_ws_error
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -230,7 +230,7 @@ class Pod:
         if cls is not None:
             e["ETL_CLASS_PAYLOAD"] = base64.b64encode(cloudpickle.dumps(cls)).decode()
         e.update(env or {})
-        cmd = [sys.executable, "-m", "communicators.bootstrap", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "aioetl.communicators.pod.bootstrap", "--host", "127.0.0.1", "--port", str(self.port)]
         if builtin:
             cmd += ["--builtin", builtin]
         self.proc = subprocess.Popen(cmd, env=e, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -425,8 +425,8 @@ def test_ws_errors_are_text_json_errors(pods: dict[str, Pod], name: str) -> None
 @pytest.mark.parametrize("name", ["buffered", "fastapi"])
 def test_ws_request_ids_are_echoed_in_framed_replies(pods: dict[str, Pod], name: str) -> None:
     """Both of our servers announce ``Aioetl-Ws-Ids: 1`` and answer a request that
-    carries an id with one BINARY frame: id, kind, payload (communicators.wire)."""
-    from communicators.wire import WS_KIND_DATA, WS_KIND_ERROR, parse_ws_frame
+    carries an id with one BINARY frame: id, kind, payload (aioetl.communicators.wire.frames)."""
+    from aioetl.communicators.wire.frames import WS_KIND_DATA, WS_KIND_ERROR, parse_ws_frame
 
     with _ws(pods[name]) as ws:
         assert ws.response.headers.get("Aioetl-Ws-Ids") == "1"
@@ -572,7 +572,7 @@ def test_aistore_fastapi_subclass_runs_as_written(pods: dict[str, Pod]) -> None:
 def _run_bootstrap(target: StandInTarget, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith(("AIS_", "ETL_", "OS_PACKAGES"))}
     e.update({"PYTHONPATH": ROOT, "AIS_TARGET_URL": f"{target.url}/v1/etl/_object/{ETL}/{SECRET}", **env})
-    return subprocess.run([sys.executable, "-m", "communicators.bootstrap", "--host", "127.0.0.1",
+    return subprocess.run([sys.executable, "-m", "aioetl.communicators.pod.bootstrap", "--host", "127.0.0.1",
                            "--port", str(_free_port()), *args], env=e, cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
 
@@ -647,7 +647,7 @@ def test_ws_connections_are_spread_evenly_over_workers(target: StandInTarget) ->
 
     import aiohttp
 
-    from communicators.target_comm import WsComm
+    from aioetl.communicators.target.comm import WsComm
 
     pod = Pod(Buffered, target, env={"NUM_WORKERS": "2"}).wait_ready()
 

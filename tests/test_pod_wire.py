@@ -1,4 +1,4 @@
-"""Pure tests of the pod-side wire helpers (communicators.wire): literal inputs, literal outputs."""
+"""Pure tests of the pod-side wire helpers (aioetl.communicators.wire.frames): literal inputs, literal outputs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-import communicators
-from communicators import wire
-from communicators.wire import (
+import aioetl.communicators as communicators
+from aioetl.communicators import wire
+from aioetl.communicators.wire.frames import (
     DirectPutOutcome,
     InvalidPipelineError,
     WsControl,
@@ -42,7 +42,7 @@ def test_exports_are_honest(mod: object) -> None:
 
 
 def test_fastapi_server_is_exported_lazily() -> None:
-    from communicators.fastapi_server import FastAPIServer
+    from aioetl.communicators.pod.fastapi_server import FastAPIServer
 
     assert communicators.FastAPIServer is FastAPIServer
     with pytest.raises(AttributeError):

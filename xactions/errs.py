@@ -1,4 +1,5 @@
-"""Per-object errors of a job, as AIStore keeps them (``cmn/cos/err.go`` Errs).
+"""Per-object errors of a job, as AIStore keeps them (``cmn/cos/err.go`` Errs), and
+:class:`InvalidMsg`, this package's one exception.
 
 At most :data:`MAX_OBJ_ERRS` (128) distinct messages are kept per job for
 ``view(job_id).obj_errors``; duplicates (same message text) are dropped. Every
@@ -10,9 +11,20 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-__all__ = ["MAX_OBJ_ERRS", "ObjErrs"]
+__all__ = ["MAX_OBJ_ERRS", "InvalidMsg", "ObjErrs"]
 
 MAX_OBJ_ERRS = 128
+
+
+class InvalidMsg(ValueError):
+    """A job message, job id, template or duration the caller got wrong.
+
+    ``xactions`` imports nothing else from aioetl, so its errors are not in
+    ``aioetl.errors``' tree; the HTTP boundary (``aioetl.engine.node.httpd``)
+    answers this with its ``status`` (400) and its text.
+    """
+
+    status = 400
 
 
 class ObjErrs:

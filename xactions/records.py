@@ -6,7 +6,7 @@ error report ``<node_id>.errors.jsonl``)::
 
     {"version": 1, "xid": "...", "node": "t-1a2b3c", "saved_ns": 1732..., "msg": {...}, "snap": {...}}
 
-``snap`` is the ``qryxstats`` snapshot (:meth:`xactions.xact.Xaction.snap`),
+``snap`` is the ``qryxstats`` snapshot (:meth:`aioetl.xactions.xact.Xaction.snap`),
 ``msg`` the job message as the target received it (``TcbMsg.to_wire()`` plus
 whatever the caller adds). A write goes to a temp file in the same directory,
 is fsynced, then renamed over the record (POSIX rename is atomic: a reader,
@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .xact import rfc3339
+from aioetl.xactions.xact import rfc3339
 
 __all__ = ["JobRecord", "JobRecords", "RECORD_VERSION", "atomic_write_json", "restart_reason"]
 

@@ -52,8 +52,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from engine.errors import BadRequest
-from engine.etl import parse_duration_s
+from aioetl.xactions.duration import go_duration, parse_duration_s
+from aioetl.xactions.errs import InvalidMsg
 
 __all__ = ["COPY_BCK", "COPY_KINDS", "DELETE_LISTRANGE", "COPY_LISTRANGE", "ETL_BCK", "ETL_LISTRANGE", "LISTRANGE_KINDS", "MAX_NUM_WORKERS",
            "TcbMsg",
@@ -77,7 +77,7 @@ def expand_template(template: str) -> Iterator[str]:
     Zero padding follows the width of the start number when it has a leading zero.
 
     Raises:
-        BadRequest: a malformed range (end < start, step 0) or more than 10M names.
+        InvalidMsg: a malformed range (end < start, step 0) or more than 10M names.
     """
     parts: list[list[str]] = []
     pos = 0
@@ -87,17 +87,17 @@ def expand_template(template: str) -> Iterator[str]:
         a, b = int(m.group(1)), int(m.group(2))
         step = int(m.group(3) or 1)
         if b < a or step <= 0:
-            raise BadRequest(f'invalid template "{template}": range {m.group(0)} must go up with a positive step')
+            raise InvalidMsg(f'invalid template "{template}": range {m.group(0)} must go up with a positive step')
         width = len(m.group(1)) if m.group(1).startswith("0") and len(m.group(1)) > 1 else 0
         nums = [str(i).zfill(width) for i in range(a, b + 1, step)]
         total *= len(nums)
         if total > MAX_TEMPLATE_NAMES:
-            raise BadRequest(f'template "{template}" expands to more than {MAX_TEMPLATE_NAMES} names')
+            raise InvalidMsg(f'template "{template}" expands to more than {MAX_TEMPLATE_NAMES} names')
         parts.append(nums)
         pos = m.end()
     parts.append([template[pos:]])
     if "{" in template and len(parts) == 1:
-        raise BadRequest(f'invalid template "{template}": expected ranges like {{0..99}}')
+        raise InvalidMsg(f'invalid template "{template}": expected ranges like {{0..99}}')
     for combo in itertools.product(*parts):
         yield "".join(combo)
 
@@ -114,7 +114,7 @@ MAX_NUM_WORKERS = max(64, 8 * (os.cpu_count() or 2))
 AIStore clamps a tcb/tco job's num-workers to ``sys.MaxParallelism() + 4``
 (``xact/xs/xutils.go`` ``clampNumWorkers``) because each Go worker can keep a CPU
 busy. aioetl's workers are coroutines that mostly wait on a pod, and "auto" already
-picks up to 64 (``engine.offline.resolve_num_workers``), so the cap is a multiple of
+picks up to 64 (``aioetl.engine.scheduler.offline.resolve_num_workers``), so the cap is a multiple of
 the CPU count that stays above auto: 8 per CPU, at least 64. Each worker holds
 buffers and a pod connection, so memory grows with the number: an unbounded value
 (``num_workers=100000``) is a client mistake, answered as one rather than clamped
@@ -163,30 +163,30 @@ class TcbMsg:
         """Validate the JSON ``value`` of the action message.
 
         Raises:
-            BadRequest: not an object, no ETL ``id``, bad types, ``synchronize`` with
+            InvalidMsg: not an object, no ETL ``id``, bad types, ``synchronize`` with
                 ``prepend`` or without an ``objnames`` list, an invalid ``request_timeout``
                 or ``etl_args``, a template that does not expand (checked here, so the
                 gateway refuses the job before it creates anything).
         """
         if not isinstance(value, dict):
-            raise BadRequest(f'{kind}: expected a JSON object as "value"')
+            raise InvalidMsg(f'{kind}: expected a JSON object as "value"')
         etl = value.get("id") or ""
         if not isinstance(etl, str) or (not etl and kind not in COPY_KINDS):
-            raise BadRequest(f'{kind}: "id" (the ETL name) is required')
+            raise InvalidMsg(f'{kind}: "id" (the ETL name) is required')
         pipeline = value.get("pipeline") or []
         if not isinstance(pipeline, list) or not all(isinstance(p, str) for p in pipeline):
-            raise BadRequest(f'{kind}: "pipeline" must be a list of ETL names')
+            raise InvalidMsg(f'{kind}: "pipeline" must be a list of ETL names')
         ext = value.get("ext") or {}
         if not isinstance(ext, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ext.items()):
-            raise BadRequest(f'{kind}: "ext" must map extensions to extensions, e.g. {{"jpg": "txt"}}')
+            raise InvalidMsg(f'{kind}: "ext" must map extensions to extensions, e.g. {{"jpg": "txt"}}')
         try:
             nw = int(value.get("num-workers") or value.get("num_workers") or 0)
         except (TypeError, ValueError, OverflowError):
-            raise BadRequest(f'{kind}: "num-workers" must be an integer') from None
+            raise InvalidMsg(f'{kind}: "num-workers" must be an integer') from None
         if nw < -1:
-            raise BadRequest(f'{kind}: "num-workers" must be -1 (serial), 0 (auto) or a positive ceiling')
+            raise InvalidMsg(f'{kind}: "num-workers" must be -1 (serial), 0 (auto) or a positive ceiling')
         if nw > MAX_NUM_WORKERS:
-            raise BadRequest(f'{kind}: "num-workers" {nw} is above the limit of {MAX_NUM_WORKERS} on this cluster')
+            raise InvalidMsg(f'{kind}: "num-workers" {nw} is above the limit of {MAX_NUM_WORKERS} on this cluster')
         prefix = str(value.get("prefix") or "")
         if prefix.endswith("*"):
             prefix = prefix.rstrip("*")
@@ -198,21 +198,21 @@ class TcbMsg:
             num_workers=nw, coer=_bool(value.get("coer")),
         )
         if msg.sync and msg.prepend:
-            raise BadRequest(f"{kind}: synchronize and prepend cannot be used together")
+            raise InvalidMsg(f"{kind}: synchronize and prepend cannot be used together")
         rt = value.get("request_timeout")
         if rt not in (None, "", 0):
             if not isinstance(rt, str):
-                raise BadRequest(f'{kind}: "request_timeout" must be a duration string such as "30s" or "5m"')
+                raise InvalidMsg(f'{kind}: "request_timeout" must be a duration string such as "30s" or "5m"')
             msg.request_timeout_s = parse_duration_s(rt, 0.0)
         msg.etl_args = _etl_args(kind, value.get("etl_args"))
         if kind in LISTRANGE_KINDS:
             names = value.get("objnames")
             if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-                raise BadRequest(f'{kind}: "objnames" must be a list of object names')
+                raise InvalidMsg(f'{kind}: "objnames" must be a list of object names')
             msg.obj_names = names or None
             tmpl = value.get("template") or ""
             if not isinstance(tmpl, str):
-                raise BadRequest(f'{kind}: "template" must be a string')
+                raise InvalidMsg(f'{kind}: "template" must be a string')
             msg.template = tmpl
             tobck = value.get("tobck") or {}
             if isinstance(tobck, dict):
@@ -220,7 +220,7 @@ class TcbMsg:
             if tmpl and not msg.obj_names:
                 next(expand_template(tmpl), None)  # validates every range and the count, lazily
         if msg.sync and not (kind in LISTRANGE_KINDS and msg.obj_names):
-            raise BadRequest(
+            raise InvalidMsg(
                 f"{kind}: synchronize is not supported: on an ais:// source AIStore deletes destination objects "
                 "missing from the source (xact/xs/prune.go), which aioetl does not implement yet; "
                 "run without synchronize")
@@ -250,7 +250,7 @@ class TcbMsg:
             "ext": self.ext, "dry_run": self.dry_run, "force": self.force, "latest-ver": self.latest,
             "synchronize": self.sync, "num-workers": self.num_workers, "coer": self.coer,
             "objnames": self.obj_names, "template": self.template, "tobck": {"name": self.to_bck},
-            "request_timeout": _go_duration(self.request_timeout_s), "etl_args": self.etl_args,
+            "request_timeout": go_duration(self.request_timeout_s), "etl_args": self.etl_args,
         }
 
 
@@ -263,12 +263,4 @@ def _etl_args(kind: str, v: Any) -> str:
         return v
     if isinstance(v, (dict, list)):
         return json.dumps(v, separators=(",", ":"))
-    raise BadRequest(f'{kind}: "etl_args" must be a string or a JSON object')
-
-
-def _go_duration(s: float) -> str:
-    """Seconds as a Go duration string that :func:`engine.etl.parse_duration_s` reads back ("" for 0)."""
-    if s <= 0:
-        return ""
-    ms = round(s * 1000)
-    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+    raise InvalidMsg(f'{kind}: "etl_args" must be a string or a JSON object')

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import structlog
 
-from .errs import ObjErrs
+from aioetl.xactions.errs import InvalidMsg, ObjErrs
 
 __all__ = ["GO_ZERO_TIME", "InvalidXid", "State", "Xaction", "XactStats", "new_xid", "validate_xid"]
 
@@ -48,7 +48,7 @@ def new_xid(prefix: str = "") -> str:
 _XID_RE = re.compile(r"(?:tco-)?[A-Za-z0-9]{9}")
 
 
-class InvalidXid(ValueError):
+class InvalidXid(InvalidMsg):
     """A job id that :func:`new_xid` cannot have made. Its ``status`` (400) lets an
     HTTP boundary answer it as the caller's mistake without importing this package's
     errors into the engine's tree."""

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from engine.launcher import LocalCluster
+from aioetl.engine.node.launcher import LocalCluster
 
 from .harness import RESULTS, make_sdk_client
 

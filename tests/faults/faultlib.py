@@ -29,7 +29,7 @@ from typing import Any
 import cloudpickle
 from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer as AisFastAPIServer
 
-from communicators import AiohttpServer
+from aioetl.communicators import AiohttpServer
 
 __all__ = ["expected", "mode_of", "str_output", "OurFaultServer", "AisFaultServer", "SlowServer"]
 

@@ -20,7 +20,7 @@ import requests
 
 from aistore.sdk.errors import AISError
 
-from engine.launcher import LocalCluster
+from aioetl.engine.node.launcher import LocalCluster
 
 from .faultlib import OurFaultServer, expected
 from .harness import (

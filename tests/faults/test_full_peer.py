@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from engine.launcher import LocalCluster
+from aioetl.engine.node.launcher import LocalCluster
 
 from .faultlib import AisFaultServer, OurFaultServer
 from .harness import (

@@ -24,7 +24,7 @@ from aistore.sdk.errors import AISError
 from aistore.sdk.etl import ETLConfig
 from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer as AisFastAPIServer
 
-from engine.launcher import LocalCluster
+from aioetl.engine.node.launcher import LocalCluster
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -23,8 +23,8 @@ import requests
 from aistore.sdk.errors import AISError
 from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer as AisFastAPIServer
 
-from communicators import AiohttpServer
-from engine.launcher import LocalCluster
+from aioetl.communicators import AiohttpServer
+from aioetl.engine.node.launcher import LocalCluster
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

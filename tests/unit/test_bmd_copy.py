@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from engine.target import Target, TargetConfig
+from aioetl.engine.target.target import Target, TargetConfig
 
 
 def _target(tmp_path: Path) -> Target:

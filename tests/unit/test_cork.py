@@ -1,4 +1,4 @@
-"""``communicators.cork``: frames written in one loop tick leave in one ``writelines``,
+"""``aioetl.communicators.cork``: frames written in one loop tick leave in one ``writelines``,
 at most ``max_frames`` per call, in order; over a real aiohttp ws connection too.
 
 The recording transport below stands in for an asyncio transport only to count the
@@ -11,7 +11,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from communicators.cork import FLUSH_BYTES, CorkedTransport, cork_ws
+from aioetl.communicators.cork import FLUSH_BYTES, CorkedTransport, cork_ws
 
 
 class _Recorder:

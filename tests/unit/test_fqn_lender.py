@@ -1,4 +1,4 @@
-"""engine.storage.FqnLender: what a confined pod is shown of a mountpath (real files, no pod)."""
+"""aioetl.engine.target.storage.FqnLender: what a confined pod is shown of a mountpath (real files, no pod)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from engine.errors import NotFound
-from engine.storage import LEND_DIR, FqnLender, Store
+from aioetl.errors import NotFound
+from aioetl.engine.target.storage import LEND_DIR, FqnLender, Store
 
 
 def _store(tmp_path: Any) -> Store:

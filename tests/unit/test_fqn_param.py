@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from urllib.parse import unquote
 
-from communicators.target_comm import fqn_param
+from aioetl.communicators.target.comm import fqn_param
 
 # Go url.shouldEscape(c, encodePathSegment): unreserved and "$&+:=@" stay, all else is %XX (UTF-8)
 _GO_KEEP = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~$&+:=@")

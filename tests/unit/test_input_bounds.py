@@ -8,12 +8,13 @@ import time
 import msgspec
 import pytest
 
-from engine.bodies import BODY_SCHEMAS, Join, Metasync, XactStart
-from engine.errors import BadRequest, InvalidName
-from engine.etl import MAX_SPEC_BYTES, load_spec_yaml
-from engine.httpd import _depth_ok, unquote_name
-from xactions.tcb import ETL_BCK, MAX_NUM_WORKERS, TcbMsg
-from xactions.xact import InvalidXid, new_xid, validate_xid
+from aioetl.engine.core.bodies import BODY_SCHEMAS, Join, Metasync, XactStart
+from aioetl.errors import BadRequest, InvalidName
+from aioetl.engine.core.etl import MAX_SPEC_BYTES, load_spec_yaml
+from aioetl.engine.node.httpd import _depth_ok, unquote_name
+from aioetl.xactions.tcb import ETL_BCK, MAX_NUM_WORKERS, TcbMsg
+from aioetl.xactions.xact import InvalidXid, new_xid, validate_xid
+from aioetl.xactions.errs import InvalidMsg
 
 
 @pytest.mark.parametrize("raw,want", [("a%20b", "a b"), ("%C3%A9t%C3%A9", "été"), ("a/b", "a/b"), ("%25", "%")])
@@ -95,5 +96,5 @@ def test_yaml_with_a_few_aliases_still_loads() -> None:
 def test_num_workers_cap() -> None:
     assert TcbMsg.parse(ETL_BCK, {"id": "e", "num-workers": MAX_NUM_WORKERS}).num_workers == MAX_NUM_WORKERS
     for bad in (MAX_NUM_WORKERS + 1, 100000, 1e400, "many"):
-        with pytest.raises(BadRequest, match="num-workers"):
+        with pytest.raises(InvalidMsg, match="num-workers"):
             TcbMsg.parse(ETL_BCK, {"id": "e", "num-workers": bad})

@@ -1,11 +1,11 @@
-"""Pure tests of bucket/object name validation and the uname encoding (engine.names)."""
+"""Pure tests of bucket/object name validation and the uname encoding (aioetl.engine.core.names)."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.errors import ClientError, InvalidName
-from engine.names import (
+from aioetl.errors import ClientError, InvalidName
+from aioetl.engine.core.names import (
     MAX_BCK_NAME_LEN,
     MAX_OBJ_NAME_BYTES,
     make_uname,

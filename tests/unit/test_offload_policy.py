@@ -1,5 +1,5 @@
 """Where a pod runs ``transform()``: the pure decision state of
-:class:`communicators.server._OffloadPolicy` (rules in the module docstring of
+:class:`aioetl.communicators.pod.server._OffloadPolicy` (rules in the module docstring of
 communicators/server.py). The end-to-end check with a real pod process is
 ``tests/test_pod_servers.py::test_cpu_bound_transforms_move_to_the_loop``."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from communicators.server import (
+from aioetl.communicators.pod.server import (
     CPU_BOUND_SHARE,
     INLINE_CPU_MAX_BYTES,
     INLINE_CPU_MAX_S,

@@ -1,4 +1,4 @@
-"""Pure tests of job records (``xactions.records``): atomic writes, load, restart marking."""
+"""Pure tests of job records (``aioetl.xactions.records``): atomic writes, load, restart marking."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from xactions.records import JobRecords, atomic_write_json, mark_restarted, restart_reason, snap_running
-from xactions.tcb import ETL_BCK, TcbMsg
-from xactions.xact import GO_ZERO_TIME, State, Xaction
+from aioetl.xactions.records import JobRecords, atomic_write_json, mark_restarted, restart_reason, snap_running
+from aioetl.xactions.tcb import ETL_BCK, TcbMsg
+from aioetl.xactions.xact import GO_ZERO_TIME, State, Xaction
 
 
 def xaction(xid: str = "job1", node: str = "t-aaa") -> Xaction:

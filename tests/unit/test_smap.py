@@ -1,4 +1,4 @@
-"""Pure tests of the cluster map and HRW placement (engine.smap) against the aistore SDK.
+"""Pure tests of the cluster map and HRW placement (aioetl.engine.core.smap) against the aistore SDK.
 
 The SDK computes the owner of an object client side (``Smap.get_target_for_object``)
 for ``direct=True`` reads, so our HRW must pick the same target for every name.
@@ -13,9 +13,9 @@ import pytest
 from aistore.sdk.types import Smap as SdkSmap
 from aistore.sdk.utils import get_digest
 
-from engine.errors import NodeUnavailable
-from engine.names import make_uname
-from engine.smap import Smap, Snode, digest, hrw_pick
+from aioetl.errors import NodeUnavailable
+from aioetl.engine.core.names import make_uname
+from aioetl.engine.core.smap import Smap, Snode, digest, hrw_pick
 
 MAINTENANCE = 1 << 2
 DECOMMISSION = 1 << 3

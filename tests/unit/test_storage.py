@@ -1,4 +1,4 @@
-"""Tests of a target's local storage (engine.storage) on real files under pytest's tmp_path.
+"""Tests of a target's local storage (aioetl.engine.target.storage) on real files under pytest's tmp_path.
 
 No sockets and no fakes, except one: the disk-full test replaces ``os.write`` so that it
 raises ENOSPC for the work file (filling a real disk in a unit test is not an option).
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from engine.errors import Conflict, InsufficientStorage, NotFound
-from engine.storage import CKSUM_TYPE, Store, WorkFile, remove_trash, remove_trash_async
+from aioetl.errors import Conflict, InsufficientStorage, NotFound
+from aioetl.engine.target.storage import CKSUM_TYPE, Store, WorkFile, remove_trash, remove_trash_async
 
 
 def xxh(data: bytes) -> str:
@@ -129,8 +129,7 @@ def test_abort_during_a_finalize_in_a_thread_is_a_no_op(store: Store, monkeypatc
     close the fd or unlink the work file under it: finalize owns both from its start."""
     import threading
 
-    import engine.storage as storage
-
+    import aioetl.engine.target.storage as storage
     entered, release = threading.Event(), threading.Event()
     real_read_md = storage._read_md
 
@@ -313,7 +312,7 @@ def test_set_custom_merge_and_replace(store: Store) -> None:
 
 
 def test_open_work_validates_the_name(store: Store, tmp_path: Path) -> None:
-    from engine.errors import InvalidName
+    from aioetl.errors import InvalidName
 
     before = files_under(tmp_path)
     for bad in ["../escape", "a/../../x", "/abs", "a\x00b"]:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from engine.errors import BadRequest
-from xactions.tcb import COPY_BCK, ETL_BCK, ETL_LISTRANGE, TcbMsg
+from aioetl.xactions.tcb import COPY_BCK, ETL_BCK, ETL_LISTRANGE, TcbMsg
+from aioetl.xactions.errs import InvalidMsg
 
 
 def sdk_bck_value(**over: object) -> dict[str, object]:
@@ -33,7 +33,7 @@ def test_latest_and_force_are_accepted_for_ais_buckets() -> None:
 @pytest.mark.parametrize("kind,extra", [(ETL_BCK, {}), (COPY_BCK, {}), (ETL_LISTRANGE, {"template": "o-{0..3}"}),
                                         (ETL_LISTRANGE, {"prefix": "a/"})])
 def test_synchronize_is_refused_where_aistore_would_prune(kind: str, extra: dict[str, object]) -> None:
-    with pytest.raises(BadRequest, match="synchronize is not supported"):
+    with pytest.raises(InvalidMsg, match="synchronize is not supported"):
         TcbMsg.parse(kind, sdk_bck_value(synchronize=True, **extra))
 
 
@@ -50,7 +50,7 @@ def test_request_timeout_is_parsed_and_bounds_the_per_object_timeout() -> None:
     assert TcbMsg.parse(ETL_BCK, sdk_bck_value(request_timeout="")).obj_timeout_s(45.0) == 45.0
     assert TcbMsg.parse(ETL_BCK, sdk_bck_value(request_timeout="250ms")).to_wire()["request_timeout"] == "250ms"
     for bad in ("soon", "5 minutes", 300, True):
-        with pytest.raises(BadRequest):
+        with pytest.raises(InvalidMsg):
             TcbMsg.parse(ETL_BCK, sdk_bck_value(request_timeout=bad))
 
 
@@ -60,11 +60,11 @@ def test_etl_args_str_dict_and_invalid() -> None:
     assert m.etl_args == '{"format":"jpeg","size":64}' and json.loads(m.etl_args)["size"] == 64
     assert m.to_wire()["etl_args"] == m.etl_args
     assert TcbMsg.parse(ETL_BCK, m.to_wire()).etl_args == m.etl_args
-    with pytest.raises(BadRequest, match="etl_args"):
+    with pytest.raises(InvalidMsg, match="etl_args"):
         TcbMsg.parse(ETL_BCK, sdk_bck_value(etl_args=42))
 
 
 @pytest.mark.parametrize("tmpl", ["o-{5..1}", "o-{0..9..0}", "o-{a..b", "{0..9999}-{0..9999}"])
 def test_invalid_templates_are_refused_at_parse(tmpl: str) -> None:
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidMsg):
         TcbMsg.parse(ETL_LISTRANGE, {"id": "etl-x", "template": tmpl, "tobck": {"name": "d"}})

@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from engine.errors import BadRequest
-from engine.gateway_jobs import aggregate_status
-from engine.offline import resolve_num_workers
-from xactions.errs import MAX_OBJ_ERRS, ObjErrs
-from xactions.queue import ByteQueue, QueueClosed
-from xactions.tcb import ETL_BCK, ETL_LISTRANGE, TcbMsg, expand_template
-from xactions.xact import GO_ZERO_TIME, IllegalTransition, State, Xaction
+from aioetl.engine.gateway.jobs import aggregate_status
+from aioetl.engine.scheduler.offline import resolve_num_workers
+from aioetl.xactions.errs import MAX_OBJ_ERRS, ObjErrs
+from aioetl.xactions.queue import ByteQueue, QueueClosed
+from aioetl.xactions.tcb import ETL_BCK, ETL_LISTRANGE, TcbMsg, expand_template
+from aioetl.xactions.xact import GO_ZERO_TIME, IllegalTransition, State, Xaction
+from aioetl.xactions.errs import InvalidMsg
 
 
 def mk(tmp_path=None) -> Xaction:  # type: ignore[no-untyped-def]
@@ -150,13 +150,13 @@ def test_tcb_to_name_ext_then_prepend() -> None:
 
 
 def test_tcb_parse_errors() -> None:
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidMsg):
         TcbMsg.parse(ETL_BCK, {"prefix": "x"})  # no ETL id
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidMsg):
         TcbMsg.parse(ETL_BCK, {"id": "e", "num-workers": -5})
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidMsg):
         TcbMsg.parse(ETL_BCK, {"id": "e", "synchronize": True, "prepend": "p"})
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidMsg):
         TcbMsg.parse(ETL_LISTRANGE, {"id": "e", "objnames": "notalist"})
     m = TcbMsg.parse(ETL_BCK, {"id": "e", "prefix": "a/b*", "coer": True, "num-workers": 4})
     assert (m.prefix, m.coer, m.num_workers) == ("a/b", True, 4)
@@ -167,7 +167,7 @@ def test_expand_template() -> None:
     assert list(expand_template("x{08..12..2}")) == ["x08", "x10", "x12"]
     assert list(expand_template("{0..1}-{0..1}")) == ["0-0", "0-1", "1-0", "1-1"]
     assert list(expand_template("plain")) == ["plain"]
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidMsg):
         list(expand_template("o-{5..1}"))
 
 

@@ -1,0 +1,1 @@
+"""Clients: the async data client (data) and the ``aioetl`` command line (cli)."""

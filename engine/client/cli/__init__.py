@@ -1,0 +1,1 @@
+"""The ``aioetl`` command line (typer): cluster and objects (main), ETLs (etl), jobs (jobs)."""

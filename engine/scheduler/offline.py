@@ -1,0 +1,667 @@
+"""The per-target scheduler of offline transforms (``etl-bck``, ``etl-listrange``).
+
+On each target, for one job::
+
+    joggers (one per mountpath; or the list/template)   --->  ByteQueue  --->  workers (num_workers)
+        walk <mp>/@ais/<src>/%ob with the prefix            items+bytes,        transform through the ETL's
+        filter; keep only objects this target owns         high/low marks       communicator, then write
+                                                                                 locally / PUT to the peer /
+                                                                                 let the pod direct-put
+
+All tasks belong to one task group owned by the job's runner task; aborting
+the job cancels that task, which cancels every worker and jogger (in-flight pod
+requests are closed; partial work files are removed; nothing partial becomes
+visible). The queue admits an item into an empty queue whatever its size, so
+backpressure cannot deadlock.
+
+Destinations (AIStore ``ais/tgtobj.go`` §2.1): HRW of the destination uname
+picks the owner. When the owner is another target and the ETL supports direct
+put (always for ws), its ``_object`` URL is appended to the pipeline, and the
+pod delivers the result itself (204 / ws TEXT: counted ``out`` here, ``in`` on
+the receiver). Otherwise the result comes back and is written here (``loc``) or
+PUT to the owner (``out``), streamed, never held whole (except ws replies,
+which arrive as one message).
+
+Intra-cluster routes (gateway -> target): ``POST /v1/xactions/_start``,
+``GET /v1/xactions?id=&kind=``, ``POST /v1/xactions/_abort``,
+``GET /v1/xactions/<id>/errors`` (the full report, JSON lines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from typing import TYPE_CHECKING, Any, AsyncIterator
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from aioetl.communicators.target.comm import EtlFailed, WsComm
+from aioetl.xactions.queue import ByteQueue, QueueClosed
+from aioetl.xactions.records import JobRecords
+from aioetl.xactions.tcb import DELETE_LISTRANGE, LISTRANGE_KINDS, TcbMsg, expand_template
+from aioetl.xactions.xact import State, Xaction, validate_xid
+
+from aioetl.errors import AioetlError, BadRequest, InsufficientStorage, NotFound
+from aioetl.engine.node.httpd import json_response, read_json
+from aioetl.engine.core.names import make_uname
+from aioetl.engine.scheduler.receipts import Receipts
+
+if TYPE_CHECKING:
+    from aioetl.engine.target.storage import Mountpath
+    from aioetl.engine.target.target import Target
+    from aioetl.engine.target.etl import EtlInstance
+
+__all__ = ["OfflineJobs", "resolve_num_workers"]
+
+log = structlog.get_logger("aioetl.offline")
+
+RETRY_TRANSIENT = 3
+# ws connections per job and pod, as AIStore (bundle_multiplier 2 x 4). A multi-process pod
+# spreads connections over its workers by SO_REUSEPORT hashing; with 8 the chance that one
+# worker gets none is 2/256 for 2 workers, and min-pending selection balances the rest.
+# Our pods name their process count: then WS_CONNS_PER_POD_PROCESS per process (WsComm).
+WS_CONNS_PER_JOB = 8
+WS_CONNS_PER_POD_PROCESS = 2
+# objects in flight per target for a ws job with num_workers auto (0): two write-batches
+# (aioetl.communicators.wire.const.WS_REPLIES_PER_SEND) per connection of a 2-process pod, so a pod
+# process answering one batch still has the next queued, and the target handles a batch
+# of replies per wakeup
+WS_MIN_INFLIGHT = 16
+DIRECT_PUT_RETRY_REASON = "direct-put-transient"
+SETTLE_BATCH = 1024  # direct-put claims per destination settled at once (bounds memory)
+JOB_TTL_S = 3600.0
+
+
+def resolve_num_workers(requested: int, n_mountpaths: int, cpus: int | None = None) -> int:
+    """``num_workers``: 0 = auto (I/O-bound: 8 per mountpath, at least 4 per CPU, at most 64),
+    -1 = serial (one in flight), N = N."""
+    if requested == -1:
+        return 1
+    if requested > 0:
+        return requested
+    cpus = cpus or os.cpu_count() or 2
+    return max(4, min(64, max(8 * n_mountpaths, 4 * cpus)))
+
+
+class _Job:
+    def __init__(self, xact: Xaction, msg: TcbMsg, inst: "EtlInstance | None") -> None:
+        self.xact = xact
+        self.msg = msg
+        self.inst = inst
+        self.task: asyncio.Task[None] | None = None
+        self.ws: WsComm | None = None
+        # direct puts the pod reported delivered, not yet confirmed by their destination:
+        # destination target URL -> {"<dst bck>/<dst obj>": source object name}
+        self.claims: dict[str, dict[str, str]] = {}
+        self.failed = 0  # objects handed to the workers that ended as errors
+
+
+class OfflineJobs:
+    """Offline transform jobs of one target."""
+
+    def __init__(self, target: "Target") -> None:
+        self.t = target
+        self.jobs: dict[str, _Job] = {}
+        self.receipts = Receipts()  # the receive side of every job's direct puts here
+        # every job's last snapshot and message, kept across restarts (aioetl.xactions.records);
+        # jobs that were running when this target died come back aborted, naming it
+        self.records = JobRecords(self.t.cfg.data_dir or "/tmp", self.t.node_id,
+                                  fsync=not all(mp.volatile for mp in self.t.store.mountpaths))
+        self.restored: dict[str, dict[str, Any]] = {x: r.snap for x, r in self.records.load_all().items()}
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_route("POST", "/v1/xactions/_start", self.h_start)
+        r.add_route("POST", "/v1/xactions/_abort", self.h_abort)
+        r.add_route("GET", "/v1/xactions", self.h_snaps)
+        r.add_route("GET", "/v1/xactions/{id}/errors", self.h_errors)
+        r.add_route("POST", "/v1/xactions/_settle", self.h_settle)
+        app.on_cleanup.append(self._shutdown)
+
+    async def _shutdown(self, _: web.Application) -> None:
+        for job in list(self.jobs.values()):
+            job.xact.abort("target shutting down")
+            if job.task is not None:
+                job.task.cancel()
+        await asyncio.gather(*(j.task for j in self.jobs.values() if j.task), return_exceptions=True)
+
+    def report_path(self, xid: str) -> str:
+        return os.path.join(self.t.cfg.data_dir or "/tmp", "jobs", xid, f"{self.t.node_id}.errors.jsonl")
+
+    # -- routes ------------------------------------------------------------------
+    async def h_start(self, request: web.Request) -> web.StreamResponse:
+        doc = await read_json(request)
+        xid, kind, src, dst = str(doc["id"]), str(doc["kind"]), str(doc["src"]), str(doc["dst"])
+        validate_xid(xid)  # before report_path() and the job record build paths from it
+        msg = TcbMsg.parse(kind, doc["msg"])
+        inst = self.t.etl.get(msg.etl_name) if msg.etl_name else None  # none: a plain copy
+        self.t.etl.pipeline_urls(msg.pipeline)  # 404 if a stage is missing here
+        self._gc()
+        if xid in self.jobs or xid in self.restored:
+            raise BadRequest(f"job {xid} already exists on {self.t.node_id}")
+        xact = Xaction(xid=xid, kind=kind, node_id=self.t.node_id, src_bck=src, dst_bck=dst,
+                       ctlmsg=f"{'etl:' + msg.etl_name if msg.etl_name else 'copy'} {src}->{dst}",
+                       report_path=self.report_path(xid))
+        job = _Job(xact, msg, inst)
+        self.jobs[xid] = job
+
+        def record(x: Xaction, wire: Any = doc["msg"]) -> None:
+            with contextlib.suppress(OSError, ValueError):  # runs inside transition(): never raise
+                self.records.save(x.snap(), wire)
+
+        record(xact)
+        xact.on_done(record)
+        job.task = asyncio.ensure_future(self._run(job))
+        return json_response({"id": xid, "target_id": self.t.node_id})
+
+    async def h_abort(self, request: web.Request) -> web.StreamResponse:
+        doc = await read_json(request)
+        n = self.abort(xid=str(doc.get("id") or ""), kind=str(doc.get("kind") or ""),
+                       etl=str(doc.get("etl") or ""), err=str(doc.get("err") or "aborted by user"))
+        return json_response({"aborted": n})
+
+    def abort(self, *, xid: str = "", kind: str = "", etl: str = "", err: str) -> int:
+        """Abort matching running jobs; returns how many."""
+        n = 0
+        for job in self.jobs.values():
+            if xid and job.xact.xid != xid:
+                continue
+            if kind and job.xact.kind != kind:
+                continue
+            if etl and etl != job.msg.etl_name and etl not in job.msg.pipeline:
+                continue
+            if job.xact.abort(err):
+                n += 1
+                self.receipts.abort(job.xact.xid, err)
+                if job.task is not None:
+                    job.task.cancel()
+        if xid:  # finished here, or not started here (yet): refuse its late objects all the same
+            self.receipts.abort(xid, err)
+        return n
+
+    async def h_settle(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/xactions/_settle`` ``{"id", "keys": ["<bck>/<obj>", ...], "revoke": bool}``:
+        which of a sender's direct puts arrived here (:mod:`.receipts`).
+
+        Returns:
+            ``{"received": {key: size}, "missing": [key, ...], "reasons": {key: why}}``
+            (``reasons``: the missing keys whose store failed here, e.g. out of space).
+        """
+        doc = await read_json(request)
+        xid, keys = doc.get("id") if isinstance(doc, dict) else None, doc.get("keys") if isinstance(doc, dict) else None
+        if not isinstance(xid, str) or not xid or not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise BadRequest('settle: expected {"id": "<job>", "keys": ["<bck>/<obj>", ...], "revoke": bool}')
+        received, missing, reasons = await self.receipts.settle(xid, keys, bool(doc.get("revoke")))
+        return json_response({"received": received, "missing": missing, "reasons": reasons})
+
+    async def h_snaps(self, request: web.Request) -> web.StreamResponse:
+        xid, kind = request.query.get("id", ""), request.query.get("kind", "")
+        snaps = [j.xact.snap() for j in self.jobs.values()
+                 if (not xid or j.xact.xid == xid) and (not kind or j.xact.kind == kind)]
+        snaps += [s for x, s in self.restored.items()  # jobs of an earlier run of this target
+                  if x not in self.jobs and (not xid or x == xid) and (not kind or s.get("kind") == kind)]
+        return json_response(snaps)
+
+    async def h_errors(self, request: web.Request) -> web.StreamResponse:
+        path = self.report_path(validate_xid(request.match_info["id"]))
+        if not os.path.exists(path):
+            return web.Response(body=b"", content_type="application/x-ndjson")
+        return web.FileResponse(path, headers={"Content-Type": "application/x-ndjson"})
+
+    def _gc(self) -> None:
+        self.receipts.gc()
+        now = time.time_ns()
+        for xid in [x for x, j in self.jobs.items() if not j.xact.running and now - j.xact.end_ns > JOB_TTL_S * 1e9]:
+            del self.jobs[xid]
+
+    # -- hooks ---------------------------------------------------------------------
+    def count_in(self, xid: str, size: int) -> None:
+        """A peer (or its pod) delivered an object of job ``xid`` here."""
+        job = self.jobs.get(xid)
+        if job is not None:
+            job.xact.stats.in_objs += 1
+            job.xact.stats.in_bytes += size
+
+    def obj_errors(self, xid: str) -> list[dict[str, Any]]:
+        job = self.jobs.get(xid)
+        return job.xact.obj_errs.to_list() if job else []
+
+    # -- the runner --------------------------------------------------------------------
+    async def _run(self, job: _Job) -> None:
+        x, msg = job.xact, job.msg
+        nworkers = resolve_num_workers(msg.num_workers, len(self.t.store.mountpaths))
+        ws_job = job.inst is not None and isinstance(job.inst.comm, WsComm)
+        if ws_job and msg.num_workers == 0:
+            nworkers = max(nworkers, WS_MIN_INFLIGHT)
+        x.njoggers = len(self.t.store.mountpaths)
+        x.nworkers = msg.num_workers if msg.num_workers > 0 else (0 if msg.num_workers == -1 else nworkers)
+        queue: ByteQueue[tuple[str, str]] = ByteQueue(high_items=max(64, nworkers * 16), high_bytes=256 << 20)
+        x.transition(State.RUNNING)
+        try:
+            if ws_job:
+                assert job.inst is not None and job.inst.pod is not None and self.t.etl.pod_session is not None
+                job.ws = WsComm(job.inst.spec.name, job.inst.pod.url, msg.obj_timeout_s(job.inst.spec.obj_timeout_s),
+                                self.t.etl.pod_session, n_conns=WS_CONNS_PER_JOB,
+                                conns_per_process=WS_CONNS_PER_POD_PROCESS, lender=job.inst.lender)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._produce(job, queue))
+                tg.create_task(self._count_total(job))
+                for _ in range(nworkers):
+                    tg.create_task(self._worker(job, queue))
+            await self._settle_all(job)
+            self._check_outcomes(job)
+            if x.running:
+                x.transition(State.DRAINING)
+                x.transition(State.FINISHED)
+                x.log.info("job finished", stats=x.stats.to_wire(), errors=x.err_total)
+        except asyncio.CancelledError:
+            x.abort(x.abort_err or "cancelled")
+        except Exception as e:  # noqa: BLE001 - becomes the job's abort error
+            err = _first_error(e)
+            x.abort(err)
+            await self._abort_cluster(x.xid, err)
+        finally:
+            if job.ws is not None:
+                with contextlib.suppress(Exception):
+                    await job.ws.close()
+
+    async def _abort_cluster(self, xid: str, err: str) -> None:
+        """Ask the gateway to abort ``xid`` on every target (first error without ``coer``)."""
+        assert self.t.session is not None
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            async with self.t.session.post(f"{self.t.cfg.gateway_url}/v1/jobs/{xid}/_abort",
+                                           json={"err": err, "from": self.t.node_id}) as r:
+                await r.read()
+
+    # -- producers ---------------------------------------------------------------------
+    def _owned(self, bck: str, name: str) -> bool:
+        if self.t.smap is None or len(self.t.smap.targets) < 2:
+            return True
+        return self.t.smap.hrw_target(make_uname(bck, name)).daemon_id == self.t.node_id
+
+    async def _names(self, job: _Job) -> AsyncIterator[tuple[str, str, int]]:
+        """``(name, fqn, size)`` of the objects this target transforms."""
+        msg, src = job.msg, job.xact.src_bck
+        if msg.kind in LISTRANGE_KINDS and (msg.obj_names or msg.template):
+            names = msg.obj_names if msg.obj_names else expand_template(msg.template)
+            explicit = bool(msg.obj_names)
+            for name in names:
+                if not self._owned(src, name):
+                    continue
+                fqn = self.t.store.fqn(src, name)
+                try:
+                    size = os.stat(fqn).st_size
+                except OSError:
+                    if explicit:
+                        job.xact.add_obj_err(f"ais://{src}/{name}", f'object "ais://{src}/{name}" does not exist', 404)
+                        if not msg.coer:
+                            raise NotFound(f'object "ais://{src}/{name}" does not exist') from None
+                    continue
+                yield name, fqn, size
+            return
+        # joggers: one per mountpath, each walking its directory tree in batches
+        for mp in self.t.store.mountpaths:
+            async for batch in self._walk_mp(mp, src, msg.prefix):
+                for name, fqn, size in batch:
+                    yield name, fqn, size
+
+    async def _walk_mp(self, mp: Mountpath, bck: str, prefix: str) -> AsyncIterator[list[tuple[str, str, int]]]:
+        """``(name, fqn, size)`` batches of one mountpath's objects: walked in a thread
+        on a disk; on tmpfs right on the loop (a stat costs ~2 us there, while a thread
+        doing them costs the loop a GIL hand-off per syscall)."""
+        loop = asyncio.get_running_loop()
+        it = iter(self.t.store.iter_names_mp(mp, bck, prefix))
+        while True:
+            if mp.volatile:
+                batch = _take_sized(it, 64)
+                await asyncio.sleep(0)
+            else:
+                batch = await loop.run_in_executor(None, _take_sized, it, 512)
+            if not batch:
+                return
+            yield batch
+
+    async def _produce(self, job: _Job, queue: ByteQueue[tuple[str, str]]) -> None:
+        try:
+            async for name, fqn, size in self._names(job):
+                await queue.put((name, fqn), size)
+        finally:
+            queue.close()
+
+    async def _count_total(self, job: _Job) -> None:
+        """Count the job's objects and bytes (for progress and ETA), walked as the joggers walk."""
+        msg, src = job.msg, job.xact.src_bck
+        if msg.kind in LISTRANGE_KINDS and (msg.obj_names or msg.template):
+            return
+        n = b = 0
+        for mp in self.t.store.mountpaths:
+            async for batch in self._walk_mp(mp, src, msg.prefix):
+                n += len(batch)
+                b += sum(size for _, _, size in batch)
+        job.xact.total_objs, job.xact.total_bytes = n, b
+
+    # -- workers -------------------------------------------------------------------------
+    async def _worker(self, job: _Job, queue: ByteQueue[tuple[str, str]]) -> None:
+        x, msg = job.xact, job.msg
+        while True:
+            try:
+                (name, fqn), size = await queue.get()
+            except QueueClosed:
+                return
+            try:
+                await self._one(job, name, fqn, size)
+                x.done_objs += 1
+                x.done_bytes += size
+            except (AioetlError, OSError, aiohttp.ClientError, asyncio.TimeoutError) as e:
+                # out of space too: a per-object error naming the target
+                text, code = (e.message, e.status) if isinstance(e, AioetlError) else (f"{type(e).__name__}: {e}", 500)
+                x.add_obj_err(f"ais://{x.src_bck}/{name}", text, code)
+                job.failed += 1
+                x.done_objs += 1
+                x.done_bytes += size
+                if not msg.coer:
+                    raise
+
+    async def _one(self, job: _Job, name: str, fqn: str, size: int) -> None:
+        """Transform one object and see it to exactly one outcome: written here, PUT to its
+        owner, or direct-put by the pod (confirmed by the owner, :mod:`.receipts`).
+
+        Raises:
+            AioetlError: the object failed (the worker records it).
+        """
+        x, msg, inst = job.xact, job.msg, job.inst
+        if inst is None:
+            return await self._copy_one(job, name, fqn, size)
+        if inst.stage != "Running":
+            raise EtlFailed(f'etl job "{inst.spec.name}" is not running ({inst.abort_reason or inst.stage})', status=424)
+        dst_name = msg.to_name(name)
+        dst = x.dst_bck
+        owner = self.t.smap.hrw_target(make_uname(dst, dst_name)) if self.t.smap else None
+        local = owner is None or owner.daemon_id == self.t.node_id
+        pipeline = self.t.etl.pipeline_urls(msg.pipeline)
+        ws = job.ws
+        direct = not local and not msg.dry_run and (inst.spec.direct_put or ws is not None)
+        key = f"{dst}/{dst_name}"
+        if direct:
+            assert owner is not None
+            pipeline = [*pipeline, f"{owner.url}/{quote(make_uname(dst, dst_name), safe='@')}?owt=3&uuid={x.xid}"]
+        try:
+            for attempt in range(RETRY_TRANSIENT + 1):
+                try:
+                    return await self._transform_deliver(job, name, fqn, dst, dst_name, key, pipeline, local,
+                                                         owner, direct)
+                except EtlFailed as e:
+                    if attempt < RETRY_TRANSIENT and getattr(e, "transient", False):
+                        await asyncio.sleep(min(2**attempt, 5) * 0.1)
+                        continue
+                    raise
+        except InsufficientStorage as e:
+            if local:
+                e.message = f"target {self.t.node_id}: {e.message}"
+            raise
+        except AioetlError as e:
+            # the pod may have delivered it after all (a late reply, a broken connection):
+            # the owner decides, and refuses it from now on if it has not arrived
+            if direct and owner is not None:
+                arrived, why = await self._settle_now(job, owner.url, key, revoke=True)
+                if arrived:
+                    return
+                e.message += f" (direct put to target {owner.daemon_id}" + (f": {why})" if why else ")")
+            raise
+
+    async def _transform_deliver(self, job: _Job, name: str, fqn: str, dst: str, dst_name: str, key: str,
+                                 pipeline: list[str], local: bool, owner: Any, direct: bool) -> None:
+        """One attempt: through the pod, then to the destination (see :meth:`_one`)."""
+        x, msg, inst = job.xact, job.msg, job.inst
+        assert inst is not None
+        etl_args = msg.etl_args
+        ws = job.ws
+        if ws is not None:
+            res = await ws.transform(name, fqn=fqn, etl_args=etl_args, pipeline=pipeline, direct=direct)
+            if res.data is not None:
+                await self._deliver_bytes(job, dst, dst_name, res.data, local, owner)
+                return
+            if res.delivered <= 0 and not ws.ids:
+                # aistore[etl] answers "0" for an empty object delivered and for a failed
+                # direct put alike: ask the owner now, and send it again if it is not there
+                arrived, why = await self._settle_now(job, owner.url, key, revoke=False)
+                if not arrived:
+                    err = EtlFailed(f'ETL error: etl job "{inst.spec.name}": direct put of ais://{key} to '
+                                    f"{owner.url} reported as 0 bytes delivered, and it did not arrive"
+                                    + (f" ({why})" if why else ""), status=507 if "out of space" in why else 502)
+                    err.transient = not why  # a store that failed there will fail again
+                    raise err
+                return
+            await self._claim(job, owner.url, key, name)
+            return
+        comm = inst.comm
+        assert comm is not None
+        resp = await comm.open(x.src_bck, name, fqn=fqn, etl_args=etl_args, pipeline=pipeline,
+                               timeout_s=msg.obj_timeout_s(inst.spec.obj_timeout_s), direct=direct)
+        try:
+            if resp.status == 204:  # only where a direct put was asked for (the comm refuses others)
+                await self._claim(job, owner.url, key, name)
+                return
+            if msg.dry_run:
+                n = 0
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    n += len(chunk)
+                x.stats.loc_objs += 1
+                x.stats.loc_bytes += n
+                return
+            if local:
+                wf = self.t.store.open_work(dst, dst_name)
+                try:
+                    async for chunk in resp.content.iter_chunked(1 << 20):
+                        wf.write(chunk)
+                    if wf.mpath.volatile:
+                        md = wf.finalize()
+                    else:
+                        md = await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
+                except BaseException:
+                    wf.abort()
+                    raise
+                x.stats.loc_objs += 1
+                x.stats.loc_bytes += md.size
+            else:
+                assert owner is not None
+                n = await self._put_peer(owner.url, dst, dst_name, resp.content, x.xid, resp.content_length)
+                x.stats.out_objs += 1
+                x.stats.out_bytes += n
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
+            raise EtlFailed(f'ETL error: etl job "{inst.spec.name}": pod failed mid-transform of '
+                            f"ais://{x.src_bck}/{name}: {e}", status=424) from e
+        finally:
+            resp.release()
+
+    @staticmethod
+    def _check_outcomes(job: _Job) -> None:
+        """Every object the workers took ended in exactly one outcome: written here
+        (``loc``), confirmed at its owner (``out``), or an error.
+
+        Raises:
+            AioetlError: the counts disagree (a bug, reported rather than hidden as success).
+        """
+        x = job.xact
+        ended = x.stats.loc_objs + x.stats.out_objs + job.failed
+        if ended != x.done_objs:
+            raise AioetlError(f"job {x.xid} on {x.node_id}: {x.done_objs} objects processed but {ended} outcomes "
+                              f"(loc {x.stats.loc_objs}, out {x.stats.out_objs}, failed {job.failed})", status=500)
+
+    # -- direct-put settlement (aioetl.engine.scheduler.receipts) -------------------------------------------
+    async def _claim(self, job: _Job, url: str, key: str, name: str) -> None:
+        """The pod says it delivered ``key`` to ``url``: settle later, in batches."""
+        claims = job.claims.setdefault(url, {})
+        claims[key] = name
+        if len(claims) >= SETTLE_BATCH:
+            await self._settle(job, url, job.claims.pop(url))
+
+    async def _settle_all(self, job: _Job) -> None:
+        """At the end of the job's work here: every claim confirmed or failed."""
+        while job.claims:
+            url, claims = job.claims.popitem()
+            await self._settle(job, url, claims)
+
+    async def _settle(self, job: _Job, url: str, claims: dict[str, str]) -> None:
+        """Count the claims ``url`` confirms as ``out``; fail the others (revoked there).
+
+        Raises:
+            AioetlError: some did not arrive, and the job does not continue on errors.
+        """
+        x = job.xact
+        reasons: dict[str, str] = {}
+        try:
+            received, missing, reasons = await self._settle_call(url, x.xid, list(claims), revoke=True)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            received, missing = {}, list(claims)
+            why = f"could not be confirmed: target {url} unreachable ({type(e).__name__}: {e})"
+        else:
+            why = f"was reported delivered by the pod but never arrived at target {url}"
+        for size in received.values():
+            x.stats.out_objs += 1
+            x.stats.out_bytes += size
+        for key in missing:
+            detail = f" ({reasons[key]})" if key in reasons else ""
+            x.add_obj_err(f"ais://{x.src_bck}/{claims[key]}", f"direct put of ais://{key} {why}{detail}", 502)
+            job.failed += 1
+        if missing and not job.msg.coer:
+            raise EtlFailed(f"direct put of ais://{missing[0]} {why}", status=502)
+
+    async def _settle_now(self, job: _Job, url: str, key: str, revoke: bool) -> tuple[bool, str]:
+        """Settle one key at once: ``(True, "")`` (and counted ``out``) if it arrived, else
+        ``(False, why)`` with the destination's reason when its store failed there."""
+        try:
+            received, _, reasons = await self._settle_call(url, job.xact.xid, [key], revoke=revoke)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return False, ""
+        if key not in received:
+            return False, reasons.get(key, "")
+        job.xact.stats.out_objs += 1
+        job.xact.stats.out_bytes += received[key]
+        return True, ""
+
+    async def _settle_call(self, url: str, xid: str, keys: list[str],
+                           revoke: bool) -> tuple[dict[str, int], list[str], dict[str, str]]:
+        assert self.t.session is not None
+        async with self.t.session.post(f"{url}/v1/xactions/_settle", json={"id": xid, "keys": keys, "revoke": revoke},
+                                       timeout=aiohttp.ClientTimeout(total=60)) as r:
+            if r.status != 200:
+                raise ValueError(f"settle: HTTP {r.status}: {(await r.read())[:300]!r}")
+            doc = await r.json()
+        return ({str(k): int(v) for k, v in doc["received"].items()}, [str(k) for k in doc["missing"]],
+                {str(k): str(v) for k, v in (doc.get("reasons") or {}).items()})
+
+    async def _copy_one(self, job: _Job, name: str, fqn: str, size: int) -> None:
+        """copy-bck / copy-listrange: the same destinations, no ETL; delete-listrange: remove."""
+        x, msg = job.xact, job.msg
+        if msg.kind == DELETE_LISTRANGE:
+            self.t.store.delete(x.src_bck, name)
+            x.stats.loc_objs += 1
+            x.stats.loc_bytes += size
+            return
+        dst_name = msg.to_name(name)
+        owner = self.t.smap.hrw_target(make_uname(x.dst_bck, dst_name)) if self.t.smap else None
+        local = owner is None or owner.daemon_id == self.t.node_id
+        if msg.dry_run:
+            x.stats.loc_objs += 1
+            x.stats.loc_bytes += size
+            return
+        if size <= 1 << 20 or local:
+            data = await asyncio.get_running_loop().run_in_executor(None, self.t.store.read_bytes, x.src_bck, name)
+            await self._deliver_bytes(job, x.dst_bck, dst_name, data, local, owner)
+            return
+        assert owner is not None
+        with open(fqn, "rb") as f:
+            n = await self._put_peer(owner.url, x.dst_bck, dst_name, f, x.xid, size)
+        x.stats.out_objs += 1
+        x.stats.out_bytes += n
+
+    async def _deliver_bytes(self, job: _Job, dst: str, dst_name: str, data: bytes, local: bool, owner: Any) -> None:
+        x = job.xact
+        if job.msg.dry_run:
+            x.stats.loc_objs += 1
+            x.stats.loc_bytes += len(data)
+        elif local:
+            if self.t.store.mountpath_of(dst, dst_name).volatile:
+                self.t.store.put_bytes(dst, dst_name, data)
+            else:
+                await asyncio.get_running_loop().run_in_executor(None, self.t.store.put_bytes, dst, dst_name, data)
+            x.stats.loc_objs += 1
+            x.stats.loc_bytes += len(data)
+        else:
+            await self._put_peer(owner.url, dst, dst_name, data, x.xid, len(data))
+            x.stats.out_objs += 1
+            x.stats.out_bytes += len(data)
+
+    def _node_at(self, url: str) -> str:
+        """The id of the target at ``url`` (the URL itself if the map does not know it)."""
+        if self.t.smap is not None:
+            for node in self.t.smap.targets.values():
+                if node.url == url:
+                    return node.daemon_id
+        return url
+
+    async def _put_peer(self, url: str, bck: str, obj: str, body: Any, xid: str, size: int | None) -> int:
+        """PUT one object to the target that owns it (counted ``in`` there). Returns bytes sent."""
+        assert self.t.session is not None
+        headers = {"Content-Length": str(size)} if size is not None else {}
+        counted = _Counted(body) if isinstance(body, aiohttp.StreamReader) else None
+        async with self.t.session.put(f"{url}/v1/objects/{quote(bck, safe='')}/{quote(obj, safe='/')}",
+                                      params={"uuid": xid, "owt": "3"}, data=counted or body,
+                                      headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_read=300)) as r:
+            if r.status >= 400:
+                text = (await r.read())[:500].decode(errors="replace")
+                if r.status == 507:
+                    raise InsufficientStorage(f"target {self._node_at(url)} out of space: {text}")
+                raise AioetlError(f"PUT of ais://{bck}/{obj} to {url} failed: {r.status} {text}", status=r.status)
+        if counted is not None:
+            return counted.n
+        return size if size is not None else len(body)
+
+
+class _Counted:
+    """An async iterator over a response body that counts the bytes it yields."""
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self.content = content
+        self.n = 0
+
+    def __aiter__(self) -> "_Counted":
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.content.read(1 << 20)
+        if not chunk:
+            raise StopAsyncIteration
+        self.n += len(chunk)
+        return chunk
+
+
+def _take_sized(it: Any, n: int) -> list[tuple[str, str, int]]:
+    out = []
+    for name, fqn in it:
+        try:
+            out.append((name, fqn, os.stat(fqn).st_size))
+        except OSError:
+            continue  # removed meanwhile: AIStore skips it silently too
+        if len(out) >= n:
+            break
+    return out
+
+
+def _first_error(e: BaseException) -> str:
+    """The first real error inside (nested) exception groups, as text."""
+    while isinstance(e, BaseExceptionGroup):
+        inner = [x for x in e.exceptions if not isinstance(x, asyncio.CancelledError)]
+        if not inner:
+            return "cancelled"
+        e = inner[0]
+    if isinstance(e, AioetlError):
+        return e.message
+    return f"{type(e).__name__}: {e}"
+
