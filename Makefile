@@ -13,7 +13,7 @@ SDK126 := aistore[etl]==1.26.0
 PIP_FLAGS := -q --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-sdk2 test-sdk126 demo perf perf-quick clean
+.PHONY: venv lint test test-sdk2 test-sdk126 demo perf perf-quick clean
 DEMO_ARGS ?=
 
 $(VENV)/.stamp: pyproject.toml Makefile
@@ -27,6 +27,15 @@ $(VENV126)/.stamp: pyproject.toml Makefile
 	touch $@
 
 venv: $(VENV)/.stamp $(VENV126)/.stamp
+
+# mypy sees the installed layout (aioetl.engine lives in engine/) through a tree of
+# symlinks, as it cannot follow setuptools' editable-install import hook.
+lint: $(VENV)/.stamp
+	rm -rf .typecheck && mkdir -p .typecheck/aioetl
+	ln -s ../../engine ../../communicators ../../xactions .typecheck/aioetl/
+	for f in aioetl/*.py aioetl/py.typed; do ln -s ../../$$f .typecheck/aioetl/; done
+	cd .typecheck && ../$(VENV)/bin/mypy -p aioetl
+	$(VENV)/bin/ruff check .
 
 test-sdk2: $(VENV)/.stamp
 	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)

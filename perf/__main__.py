@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# running {n} ({common.mode})", file=sys.stderr, flush=True)
         try:
             res = mods[n].run(configs[n])
-        except Exception as e:  # noqa: BLE001 - report, keep the other benchmarks' results
+        except Exception as e:
             traceback.print_exc()
             results["benchmarks"][n] = {"error": f"{type(e).__name__}: {e}"}
             status = 1
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         results["charts"] = []
         results["charts_error"] = f"no charts: {e} (pip install matplotlib)"
         print(results["charts_error"], file=sys.stderr)
-    except Exception as e:  # noqa: BLE001 - keep the numbers even if a chart fails
+    except Exception as e:
         traceback.print_exc()
         results["charts"] = []
         results["charts_error"] = f"charts failed: {type(e).__name__}: {e}"

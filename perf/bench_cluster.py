@@ -39,24 +39,25 @@ import stat
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from aioetl.engine.node.launcher import LocalCluster
 from aioetl.engine.core.names import make_uname
 from aioetl.engine.core.smap import Smap
+from aioetl.engine.node.launcher import LocalCluster
 
 from .common import (
-    MiB,
     BenchResult,
     CommonOptions,
     Measurement,
+    MiB,
     RssSampler,
     ServerProcess,
     cpu_seconds,

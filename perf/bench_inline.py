@@ -31,7 +31,6 @@ Ratios (objects/s within a round, median over rounds):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import secrets
@@ -39,8 +38,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Awaitable, Callable, Union
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -48,8 +48,8 @@ import cloudpickle
 from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer as _AisFastAPIServer
 
 from aioetl.communicators import AiohttpServer
-from aioetl.engine.node.launcher import LocalCluster
 from aioetl.engine.core.smap import Smap
+from aioetl.engine.node.launcher import LocalCluster
 
 from .bench_cluster import _nodes_under_cprofile, _run_pass, _summarize_profiles
 from .bench_offline import _Data, _Placement, _populate
@@ -59,14 +59,14 @@ from .common import (
     Measurement,
     RssSampler,
     cpu_seconds,
+    delete_etls,
     filesystem_of,
     interleave,
     loop_name,
+    process_tree,
     ratio_median,
     run_loop,
     summarize,
-    process_tree,
-    delete_etls,
 )
 
 __all__ = ["NAME", "AiohttpEcho", "AisFastApiEcho", "InlineBenchConfig", "InlineBenchError", "add_arguments",
@@ -85,7 +85,7 @@ _MODE_DEFAULTS = {"full": (5000, 1000, 5), "quick": (1500, 500, 3), "tiny": (8, 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def _as_bytes(data: Union[bytes, str]) -> bytes:
+def _as_bytes(data: bytes | str) -> bytes:
     if isinstance(data, str):  # direct file access: a path
         with open(data, "rb") as f:
             return f.read()
@@ -95,14 +95,14 @@ def _as_bytes(data: Union[bytes, str]) -> bytes:
 class AisFastApiEcho(_AisFastAPIServer):
     """aistore[etl]'s FastAPIServer returning the object unchanged."""
 
-    def transform(self, data: Union[bytes, str], path: str, etl_args: str) -> bytes:
+    def transform(self, data: bytes | str, path: str, etl_args: str) -> bytes:
         return _as_bytes(data)
 
 
 class AiohttpEcho(AiohttpServer):
     """Our AiohttpServer returning the object unchanged (for ``init_class``)."""
 
-    def transform(self, data: Union[bytes, str], path: str, etl_args: str) -> bytes:
+    def transform(self, data: bytes | str, path: str, etl_args: str) -> bytes:
         return _as_bytes(data)
 
 

@@ -121,7 +121,7 @@ class _Stats:
 def _run_op(stats: _Stats, op: str, fn: Any) -> Any:
     try:
         r = fn()
-    except Exception as e:  # noqa: BLE001 - every failure is counted
+    except Exception as e:
         stats.error(op, f"{type(e).__name__}: {e}")
         return None
     stats.ok(op)
@@ -162,7 +162,7 @@ def _job_loop(cfg: LoadConfig, endpoint: str, etl: str, stats: _Stats, stop: thr
                 raise RuntimeError(f"{n} of {cfg.job_objects} outputs in {JOB_DST}")
             jobs["completed"] += 1
             stats.ok("job")
-        except Exception as e:  # noqa: BLE001 - counted
+        except Exception as e:
             jobs["failed"] += 1
             stats.error("job", f"{type(e).__name__}: {e}")
 
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                      data_parent=a.data_dir or default_data_parent(), keep_data=a.keep_data)
     try:
         res = run(cfg)
-    except Exception as e:  # noqa: BLE001 - write what failed
+    except Exception as e:
         traceback.print_exc()
         write_results(cfg.out_dir, {"config": asdict(cfg), "error": f"{type(e).__name__}: {e}"})
         return 1

@@ -64,13 +64,14 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
-from aioetl.engine.node.launcher import LocalCluster
 from aioetl.engine.core.smap import Smap
+from aioetl.engine.node.launcher import LocalCluster
 
 from .bench_offline import (
     _check_outputs,
@@ -85,19 +86,19 @@ from .bench_offline import (
     run_job,
 )
 from .common import (
-    MiB,
     BenchResult,
     CommonOptions,
     Measurement,
+    MiB,
     RssSampler,
     cpu_seconds,
+    delete_etls,
     filesystem_of,
     interleave,
     loop_name,
+    process_tree,
     ratio_median,
     run_loop,
-    process_tree,
-    delete_etls,
 )
 from .rawpipe import WsEchoProcess, inproc_loop, raw_loop
 
@@ -295,7 +296,7 @@ async def _base_pass(env: _Env, s: aiohttp.ClientSession, variant: str, src: str
         elif variant == "raw" and env.echo is not None:
             pids = [env.echo.pid]
         elif variant == "mp_pool":
-            pids = [p.pid for p in env.pool._pool]  # noqa: SLF001 - the pool's worker processes
+            pids = [p.pid for p in env.pool._pool]
         cpu0, ccpu0 = cpu_seconds(pids), time.process_time()
         t0 = time.perf_counter()
         if variant == "inproc":
@@ -304,7 +305,7 @@ async def _base_pass(env: _Env, s: aiohttp.ClientSession, variant: str, src: str
             assert env.echo is not None
             lat = (await raw_loop(env.echo.url, pairs, "aiohttp")).latencies_s
         elif variant == "mp_pool":
-            procs = len(env.pool._pool)  # noqa: SLF001
+            procs = len(env.pool._pool)
             conc = procs
             env.pool.map(_copy_file, pairs, chunksize=max(1, count // (4 * procs)))
         elif variant == "client_loop":

@@ -45,25 +45,27 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from aioetl.engine.node.launcher import LocalCluster
 from aioetl.engine.core.names import make_uname
 from aioetl.engine.core.smap import Smap
+from aioetl.engine.node.launcher import LocalCluster
 from aioetl.engine.target.storage import Store
 
 from .bench_cluster import _nodes_under_cprofile, _summarize_profiles
 from .common import (
-    MiB,
     BenchResult,
     CommonOptions,
     Measurement,
+    MiB,
     RssSampler,
     cpu_seconds,
+    delete_etls,
     filesystem_of,
     interleave,
     loop_name,
@@ -73,7 +75,6 @@ from .common import (
     run_loop,
     size_label,
     summarize,
-    delete_etls,
 )
 from .rawpipe import CLIENT_IMPLS, SERVER_IMPLS, WsEchoProcess, inproc_loop, raw_loop
 

@@ -54,9 +54,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from .common import (
     BenchResult,
@@ -188,7 +189,7 @@ class PodProcess:
         self.runtime = LocalProcessRuntime(root)
         self.pod: Any = None
 
-    async def start(self) -> "PodProcess":
+    async def start(self) -> PodProcess:
         async def on_exit(pod: Any) -> None:
             pass
 
@@ -208,7 +209,7 @@ class PodProcess:
             import psutil
 
             pids += [c.pid for c in psutil.Process(self.pod.pid).children(recursive=True)]
-        except Exception:  # noqa: BLE001 - psutil missing or the pod is gone
+        except Exception:
             pass
         return pids
 
@@ -227,7 +228,7 @@ class LoadClient:
     def __init__(self) -> None:
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> "LoadClient":
+    async def start(self) -> LoadClient:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(_REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = await asyncio.create_subprocess_exec(
@@ -247,7 +248,7 @@ class LoadClient:
         await p.stdin.drain()
         try:
             line = await asyncio.wait_for(p.stdout.readline(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise PodBenchError(f"load client: no reply to {cmd.get('op')} in {timeout_s} s") from None
         if not line:
             raise PodBenchError(f"load client exited (code {await p.wait()})")
@@ -272,7 +273,7 @@ class LoadClient:
             p.stdin.close()
         try:
             await asyncio.wait_for(p.wait(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             p.kill()
             await p.wait()
 

@@ -46,33 +46,34 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Awaitable, Callable, Union
+from typing import Any
 
 import aiohttp
 import cloudpickle
 
 from aioetl.communicators import AiohttpServer
-from aioetl.engine.node.launcher import LocalCluster
 from aioetl.engine.core.smap import Smap
+from aioetl.engine.node.launcher import LocalCluster
 
 from . import workloads as wl
 from .bench_offline import _create_bucket, _destroy_bucket, _job_counts, _Placement, _summarize, run_job
 from .common import (
-    MiB,
     BenchResult,
     CommonOptions,
     Measurement,
+    MiB,
     RssSampler,
     cpu_seconds,
+    delete_etls,
     filesystem_of,
     interleave,
     loop_name,
     median,
+    process_tree,
     ratio_median,
     run_loop,
-    process_tree,
-    delete_etls,
 )
 
 __all__ = ["NAME", "AiohttpThumbnail", "AiohttpZstd", "WorkloadBenchConfig", "WorkloadBenchError",
@@ -94,7 +95,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 cloudpickle.register_pickle_by_value(wl)
 
 
-def _read(data: Union[bytes, str]) -> bytes:
+def _read(data: bytes | str) -> bytes:
     if isinstance(data, str):
         with open(data, "rb") as f:
             return f.read()
@@ -104,7 +105,7 @@ def _read(data: Union[bytes, str]) -> bytes:
 class AiohttpThumbnail(AiohttpServer):
     """Our pod: image -> JPEG thumbnail (:func:`perf.workloads.thumbnail_jpeg`)."""
 
-    def transform(self, data: Union[bytes, str], path: str, etl_args: str) -> bytes:
+    def transform(self, data: bytes | str, path: str, etl_args: str) -> bytes:
         return wl.thumbnail_jpeg(_read(data))
 
     def get_mime_type(self) -> str:
@@ -114,7 +115,7 @@ class AiohttpThumbnail(AiohttpServer):
 class AiohttpZstd(AiohttpServer):
     """Our pod: bytes -> zstd frame (:func:`perf.workloads.zstd_compress`)."""
 
-    def transform(self, data: Union[bytes, str], path: str, etl_args: str) -> bytes:
+    def transform(self, data: bytes | str, path: str, etl_args: str) -> bytes:
         return wl.zstd_compress(_read(data))
 
 
@@ -267,8 +268,8 @@ def _local_pass(env: _Env, variant: str, workload: str, src: str, items: list[tu
     out_dir = os.path.join(env.root, "local-out", f"{workload}-{variant}-{tag}")
     os.makedirs(out_dir)
     jobs = [(workload, env.place.fqn(src, name), os.path.join(out_dir, f"{i:06d}")) for i, (name, _) in enumerate(items)]
-    procs = len(env.pool._pool) if env.pool is not None else 1  # noqa: SLF001
-    pids = [p.pid for p in env.pool._pool] if variant == "mp_pool" else []  # noqa: SLF001
+    procs = len(env.pool._pool) if env.pool is not None else 1
+    pids = [p.pid for p in env.pool._pool] if variant == "mp_pool" else []
     try:
         cpu0, ccpu0 = cpu_seconds(pids), time.process_time()
         t0 = time.perf_counter()

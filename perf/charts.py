@@ -14,8 +14,9 @@ table of its measurements and one of its ratios.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 __all__ = ["BASELINE_VARIANTS", "HEADLINE_RATIOS", "is_baseline", "write_charts", "write_markdown"]
 

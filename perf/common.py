@@ -24,9 +24,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 try:  # optional: richer RSS (includes child processes such as ETL pods)
     import psutil
@@ -184,7 +185,7 @@ class Measurement:
         seconds: float,
         latencies_s: Sequence[float],
         **kw: Any,
-    ) -> "Measurement":
+    ) -> Measurement:
         """Build a raw-pass record from the wall time and per-request latencies (seconds).
 
         Raises:
@@ -392,7 +393,7 @@ class RssSampler:
         while not self._stop.wait(self.interval_s):
             self.sample()
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self.sample()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._thread.start()
@@ -720,5 +721,5 @@ def delete_etls(endpoint: str, names: Mapping[Any, str]) -> None:
     for name in names.values():
         try:
             client.etl(name).delete()
-        except Exception:  # noqa: BLE001 - cleanup
+        except Exception:
             continue

@@ -35,8 +35,8 @@ import re
 import shutil
 import struct
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 __all__ = [
     "DEBIAN_PACKAGES",

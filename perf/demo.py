@@ -43,9 +43,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -423,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             with _phase(times, "cluster stop"):
                 cluster.stop()
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - reported, then exit 1
+    except (Exception, SystemExit) as e:
         failure = f"{type(e).__name__}: {e}"
         if args.debug and not isinstance(e, SystemExit):
             console.print_exception()

@@ -93,7 +93,7 @@ class RawHttpConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def request(self, parts: tuple[bytes, ...]) -> "asyncio.Future[tuple[int, bytes]]":
+    def request(self, parts: tuple[bytes, ...]) -> asyncio.Future[tuple[int, bytes]]:
         """Send one prebuilt request; the future gets ``(status, body)``."""
         assert self.transport is not None
         self.waiter = asyncio.get_running_loop().create_future()
@@ -174,7 +174,7 @@ class _Load:
         t0 = pc()
         try:
             await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, count)))))
-        except Exception as e:  # noqa: BLE001 - reported to the driver
+        except Exception as e:
             return {"ok": False, "error": f"{type(e).__name__}: {e}"}
         seconds = pc() - t0
         return {"ok": True, "seconds": seconds, "latencies_s": lat, "cpu_s": time.process_time() - cpu0}
@@ -224,7 +224,7 @@ class _Load:
         t0 = pc()
         try:
             await asyncio.gather(*(worker(c) for c in conns))
-        except Exception as e:  # noqa: BLE001 - reported to the driver
+        except Exception as e:
             return {"ok": False, "error": f"{type(e).__name__}: {e}"}
         finally:
             for c in conns:
@@ -260,7 +260,7 @@ async def _main() -> None:
                                               int(cmd.get("check_every", 97)), cmd.get("client", "raw"))
                 else:
                     rep = {"ok": False, "error": f"unknown op {op!r}"}
-            except Exception as e:  # noqa: BLE001 - reported to the driver
+            except Exception as e:
                 rep = {"ok": False, "error": f"{type(e).__name__}: {e}"}
             sys.stdout.write(json.dumps(rep) + "\n")
             sys.stdout.flush()

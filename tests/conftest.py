@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -85,5 +85,5 @@ def sdk_version() -> str:
 def pytest_report_header(config: pytest.Config) -> str:
     try:
         return f"aistore SDK {sdk_version()} (AIOETL_SDK_VERSION={os.environ.get('AIOETL_SDK_VERSION', '')})"
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "aistore SDK not installed"

@@ -22,7 +22,8 @@ import socket
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import msgspec
@@ -30,9 +31,9 @@ import pytest
 import requests
 import xxhash
 
-from aioetl.engine.node.launcher import LocalCluster
 from aioetl.engine.core.names import make_uname
 from aioetl.engine.core.smap import Smap
+from aioetl.engine.node.launcher import LocalCluster
 
 TIMEOUT_S = 30.0
 CREATE = json.dumps({"action": "create-bck", "name": "", "value": None}).encode()

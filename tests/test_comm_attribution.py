@@ -17,12 +17,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from aioetl.communicators.wire.const import HEADER_WS_IDS
 from aioetl.communicators.target.comm import HpushComm, WsComm
+from aioetl.communicators.wire.const import HEADER_WS_IDS
 from aioetl.communicators.wire.frames import WsControl, frame_ws_reply
-from aioetl.errors import AioetlError, Conflict
 from aioetl.engine.scheduler.receipts import Receipts
 from aioetl.engine.target.storage import LomMD
+from aioetl.errors import AioetlError, Conflict
 
 
 async def _scripted_pod(ids: bool) -> tuple[web.AppRunner, str, dict[str, int]]:

@@ -74,7 +74,7 @@ class FakeApt:
         self.lists_missing = lists_missing
         self.update_fails = update_fails
 
-    def __call__(self, cmd: list[str], cwd: Any = None, **_: Any) -> "subprocess.CompletedProcess[str]":
+    def __call__(self, cmd: list[str], cwd: Any = None, **_: Any) -> subprocess.CompletedProcess[str]:
         self.calls.append([Path(cmd[0]).name, *cmd[1:]])
         tool, sub = Path(cmd[0]).name, cmd[1]
         if tool == "apt-get" and sub == "update":

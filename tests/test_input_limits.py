@@ -13,19 +13,18 @@ import json
 import os
 import socket
 import time
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import psutil
 import pytest
 import requests
 
-from aioetl.engine.node.auth import HEADER
-from aioetl.engine.node.launcher import LocalCluster
 from aioetl.engine.core.names import make_uname
 from aioetl.engine.core.smap import Smap
+from aioetl.engine.node.auth import HEADER
+from aioetl.engine.node.launcher import LocalCluster
 from aioetl.xactions.tcb import MAX_NUM_WORKERS
-
 from tests.conftest import fast_data_dir
 from tests.test_bad_input import CREATE, raw, target_urls, wait_for, work_files
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ast
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import aioetl
 import aioetl.communicators

@@ -7,8 +7,8 @@ and must produce a complete ``results.json``. No speed is ever asserted.
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path

@@ -26,16 +26,17 @@ import glob
 import json
 import os
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import cloudpickle
 import pytest
 import requests
 from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer as AisFastAPIServer
-
 from conftest import fast_data_dir, make_sdk_client
-from aioetl.engine.target import pods
+
 from aioetl.engine.node.launcher import LocalCluster
+from aioetl.engine.target import pods
 
 pytestmark = pytest.mark.timeout(600)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -48,7 +49,7 @@ def _outcome(fn: Any) -> str:
     try:
         r = fn()
         return "ok" if r is None else f"ok: {str(r)[:80]}"
-    except Exception as e:  # noqa: BLE001 - the outcome is the point
+    except Exception as e:
         return f"{type(e).__name__}: {e}"[:200]
 
 
@@ -143,7 +144,7 @@ def _http(method: str, url: str, body: Any, headers: dict[str, str] | None = Non
             return f"HTTP {r.status}: {r.read()[:100]!r}"
         finally:
             conn.close()
-    except Exception as e:  # noqa: BLE001 - the outcome is the point
+    except Exception as e:
         return f"no connection: {type(e).__name__}: {e}"[:200]
 
 
@@ -301,7 +302,7 @@ def test_hostile_transform_is_confined(conf_cluster: LocalCluster, tmp_path: Any
         for name in names.values():
             try:
                 client.etl(name).delete()
-            except Exception:  # noqa: BLE001 - cleanup
+            except Exception:
                 pass
     # the internal calls changed nothing: every source object listed and intact, no impostor
     listed = {e.name for e in src.list_all_objects()}

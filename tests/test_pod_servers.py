@@ -23,7 +23,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote, unquote
 
 import cloudpickle
@@ -32,7 +33,13 @@ import requests
 from aiohttp import web
 from websockets.sync.client import connect as ws_connect
 
-from aioetl.communicators import AiohttpServer, ETLDirectPutTransientError, FastAPIServer, classify_ws_text, parse_ws_error
+from aioetl.communicators import (
+    AiohttpServer,
+    ETLDirectPutTransientError,
+    FastAPIServer,
+    classify_ws_text,
+    parse_ws_error,
+)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -167,7 +174,7 @@ class StandInTarget:
 
         asyncio.run(main())
 
-    def start(self) -> "StandInTarget":
+    def start(self) -> StandInTarget:
         self._thread.start()
         assert self._loop_ready.wait(10)
         return self
@@ -247,7 +254,7 @@ class Pod:
                 self._ready.put(line)
         self._ready.put("EOF")
 
-    def wait_ready(self, timeout_s: float = 30) -> "Pod":
+    def wait_ready(self, timeout_s: float = 30) -> Pod:
         for _ in range(3):
             line = self._ready.get(timeout=timeout_s)
             log = "\n".join(self.lines)

@@ -16,13 +16,13 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 import cloudpickle
 import pytest
 import requests
-
 from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer as AisFastAPIServer
 
 from aioetl.engine.node.launcher import LocalCluster

@@ -9,7 +9,8 @@ the caller (``on_error`` hook).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["MAX_OBJ_ERRS", "InvalidMsg", "ObjErrs"]
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from aioetl.xactions.xact import rfc3339
 
-__all__ = ["JobRecord", "JobRecords", "RECORD_VERSION", "atomic_write_json", "restart_reason"]
+__all__ = ["RECORD_VERSION", "JobRecord", "JobRecords", "atomic_write_json", "restart_reason"]
 
 RECORD_VERSION = 1
 _RUNNING_STATES = ("created", "running", "draining")

@@ -49,15 +49,25 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from aioetl.xactions.duration import go_duration, parse_duration_s
 from aioetl.xactions.errs import InvalidMsg
 
-__all__ = ["COPY_BCK", "COPY_KINDS", "DELETE_LISTRANGE", "COPY_LISTRANGE", "ETL_BCK", "ETL_LISTRANGE", "LISTRANGE_KINDS", "MAX_NUM_WORKERS",
-           "TcbMsg",
-           "expand_template"]
+__all__ = [
+    "COPY_BCK",
+    "COPY_KINDS",
+    "COPY_LISTRANGE",
+    "DELETE_LISTRANGE",
+    "ETL_BCK",
+    "ETL_LISTRANGE",
+    "LISTRANGE_KINDS",
+    "MAX_NUM_WORKERS",
+    "TcbMsg",
+    "expand_template",
+]
 
 ETL_BCK = "etl-bck"
 ETL_LISTRANGE = "etl-listrange"
@@ -159,7 +169,7 @@ class TcbMsg:
     etl_args: str = ""
 
     @classmethod
-    def parse(cls, kind: str, value: Any) -> "TcbMsg":
+    def parse(cls, kind: str, value: Any) -> TcbMsg:
         """Validate the JSON ``value`` of the action message.
 
         Raises:

@@ -25,13 +25,14 @@ import re
 import secrets
 import string
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 from aioetl.xactions.errs import InvalidMsg, ObjErrs
 
-__all__ = ["GO_ZERO_TIME", "InvalidXid", "State", "Xaction", "XactStats", "new_xid", "validate_xid"]
+__all__ = ["GO_ZERO_TIME", "InvalidXid", "State", "XactStats", "Xaction", "new_xid", "validate_xid"]
 
 log = structlog.get_logger("aioetl.xaction")
 
@@ -104,7 +105,7 @@ class IllegalTransition(RuntimeError):
 class XactStats:
     """AIStore's counting stats: objects and bytes written locally, sent out, received."""
 
-    __slots__ = ("loc_objs", "loc_bytes", "out_objs", "out_bytes", "in_objs", "in_bytes")
+    __slots__ = ("in_bytes", "in_objs", "loc_bytes", "loc_objs", "out_bytes", "out_objs")
 
     def __init__(self) -> None:
         self.loc_objs = self.loc_bytes = self.out_objs = self.out_bytes = self.in_objs = self.in_bytes = 0
@@ -148,7 +149,7 @@ class Xaction:
         self._report_path = report_path
         self._report: Any = None
         self.obj_errs = ObjErrs(on_error=self._report_error)
-        self._on_done: list[Callable[["Xaction"], None]] = []
+        self._on_done: list[Callable[[Xaction], None]] = []
         self.log = log.bind(xid=xid, kind=kind, target=node_id)
 
     # -- state -------------------------------------------------------------------
@@ -183,7 +184,7 @@ class Xaction:
         self.log.info("xaction aborted", err=err)
         return True
 
-    def on_done(self, cb: Callable[["Xaction"], None]) -> None:
+    def on_done(self, cb: Callable[[Xaction], None]) -> None:
         self._on_done.append(cb)
 
     # -- errors --------------------------------------------------------------------

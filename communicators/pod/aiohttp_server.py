@@ -21,14 +21,24 @@ import os
 import select
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
-from aioetl.communicators.wire.const import (HEADER_NODE_URL, HEADER_REQ_ID, HEADER_WORKER, HEADER_WS_IDS, HEALTH_BODY, HEALTH_PATH,
-                    QPARAM_ETL_ARGS, QPARAM_ETL_FQN, WS_REPLIES_PER_SEND, WS_ROUTE)
 from aioetl.communicators.cork import cork_ws
 from aioetl.communicators.pod.server import ETLServer, PodConfig, PodRequest
+from aioetl.communicators.wire.const import (
+    HEADER_NODE_URL,
+    HEADER_REQ_ID,
+    HEADER_WORKER,
+    HEADER_WS_IDS,
+    HEALTH_BODY,
+    HEALTH_PATH,
+    QPARAM_ETL_ARGS,
+    QPARAM_ETL_FQN,
+    WS_REPLIES_PER_SEND,
+    WS_ROUTE,
+)
 
 __all__ = ["AiohttpServer", "make_handler", "serve"]
 
@@ -88,7 +98,7 @@ class _Ws:
         await self._ws.send_str(data)
 
 
-def make_handler(server: ETLServer) -> Callable[[web.BaseRequest], "asyncio.Future[web.StreamResponse]"]:
+def make_handler(server: ETLServer) -> Callable[[web.BaseRequest], asyncio.Future[web.StreamResponse]]:
     """The request handler of :class:`aiohttp.web.Server` for ``server`` (routes above)."""
 
     worker = "%d/%d" % server.worker
@@ -139,7 +149,7 @@ def make_handler(server: ETLServer) -> Callable[[web.BaseRequest], "asyncio.Futu
         try:
             async for chunk in reply.stream:
                 await resp.write(chunk)
-        except Exception as e:  # noqa: BLE001 - after the first chunk only truncation can tell
+        except Exception as e:
             server.logger.error("stream of %r failed after the reply started: %r", req.path, e)
             if request.transport is not None:
                 request.transport.abort()
@@ -252,7 +262,7 @@ def serve(server: ETLServer, host: str, port: int, *, workers: int = 1,
 
                 server.set_processes(workers, index)
                 code = _run_worker(server, host, port, True, ready)
-            except BaseException as e:  # noqa: BLE001 - report and exit the child
+            except BaseException as e:
                 print(f"worker {os.getpid()} failed: {e!r}", file=sys.stderr, flush=True)
             finally:
                 sys.stdout.flush()

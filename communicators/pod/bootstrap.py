@@ -87,7 +87,7 @@ def _ais_bases() -> dict[str, type]:
     out: dict[str, type] = {}
     try:
         from aistore.sdk.etl.webserver.base_etl_server import ETLServer as AisBase
-    except Exception:  # noqa: BLE001 - aistore not installed or broken
+    except Exception:
         return out
     out["base"] = AisBase
     for key, mod, name in (("fastapi", "fastapi_server", "FastAPIServer"), ("flask", "flask_server", "FlaskServer"),
@@ -95,7 +95,7 @@ def _ais_bases() -> dict[str, type]:
         try:
             m = __import__(f"aistore.sdk.etl.webserver.{mod}", fromlist=[name])
             out[key] = getattr(m, name)
-        except Exception:  # noqa: BLE001 - optional framework missing
+        except Exception:
             pass
     return out
 
@@ -152,7 +152,7 @@ def load_class(environ: Any, builtin: str | None = None) -> type:
         import cloudpickle
 
         cls = cloudpickle.loads(raw)
-    except Exception as e:  # noqa: BLE001 - user payload
+    except Exception as e:
         raise BootstrapError(f"cannot unpickle {ENV_CLASS_PAYLOAD}: {type(e).__name__}: {e}") from None
     server_kind(cls)  # validates
     return cls  # type: ignore[no-any-return]
@@ -161,7 +161,7 @@ def load_class(environ: Any, builtin: str | None = None) -> type:
 def _instantiate(cls: type) -> Any:
     try:
         return cls()
-    except (EnvironmentError, TypeError, ValueError) as e:
+    except (OSError, TypeError, ValueError) as e:
         raise BootstrapError(f"cannot create {cls.__qualname__}: {type(e).__name__}: {e}") from None
 
 

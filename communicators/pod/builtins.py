@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Union
 
 from aioetl.communicators.pod.aiohttp_server import AiohttpServer
-from aioetl.communicators.wire.const import ENV_SEED_DEFAULT
 from aioetl.communicators.pod.server import PodConfig
+from aioetl.communicators.wire.const import ENV_SEED_DEFAULT
 
 __all__ = ["BUILTINS", "EchoServer", "HashWithArgsServer", "HelloWorldServer", "Md5Server"]
 
 
-def _data(data: Union[bytes, str]) -> bytes:
+def _data(data: bytes | str) -> bytes:
     """``ETL_DIRECT_FQN=true`` hands over a path: read it."""
     if isinstance(data, str):
         with open(data, "rb") as f:
@@ -32,21 +31,21 @@ def _data(data: Union[bytes, str]) -> bytes:
 class HelloWorldServer(AiohttpServer):
     """Answers every object with ``b"Hello World!"``."""
 
-    def transform(self, data: Union[bytes, str], path: str, etl_args: str) -> bytes:
+    def transform(self, data: bytes | str, path: str, etl_args: str) -> bytes:
         return b"Hello World!"
 
 
 class EchoServer(AiohttpServer):
     """Returns the object unchanged."""
 
-    def transform(self, data: Union[bytes, str], path: str, etl_args: str) -> bytes:
+    def transform(self, data: bytes | str, path: str, etl_args: str) -> bytes:
         return _data(data)
 
 
 class Md5Server(AiohttpServer):
     """Returns the hex MD5 digest of the object, e.g. ``b"5d41402abc4b2a76b9719d911017c592"``."""
 
-    def transform(self, data: Union[bytes, str], path: str, etl_args: str) -> bytes:
+    def transform(self, data: bytes | str, path: str, etl_args: str) -> bytes:
         return hashlib.md5(_data(data)).hexdigest().encode()
 
 
@@ -65,7 +64,7 @@ class HashWithArgsServer(AiohttpServer):
         super().__init__(host, port, config=config)
         self.seed_default = int(os.environ.get(ENV_SEED_DEFAULT) or 0) if seed_default is None else seed_default
 
-    def transform(self, data: Union[bytes, str], path: str, etl_args: str) -> bytes:
+    def transform(self, data: bytes | str, path: str, etl_args: str) -> bytes:
         import xxhash
 
         seed = int(etl_args) if etl_args else self.seed_default

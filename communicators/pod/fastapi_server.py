@@ -12,16 +12,26 @@ Errors are answered as FastAPI's ``HTTPException`` would be: JSON ``{"detail": "
 from __future__ import annotations
 
 import contextlib
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocketDisconnect
 
-from aioetl.communicators.wire.const import (HEADER_NODE_URL, HEADER_REQ_ID, HEADER_WS_IDS, HEALTH_BODY, HEALTH_PATH, MAX_WS_MSG_BYTES,
-                    QPARAM_ETL_ARGS, QPARAM_ETL_FQN, WS_ROUTE)
 from aioetl.communicators.pod.server import ETLServer, PodConfig, PodRequest
+from aioetl.communicators.wire.const import (
+    HEADER_NODE_URL,
+    HEADER_REQ_ID,
+    HEADER_WS_IDS,
+    HEALTH_BODY,
+    HEALTH_PATH,
+    MAX_WS_MSG_BYTES,
+    QPARAM_ETL_ARGS,
+    QPARAM_ETL_FQN,
+    WS_ROUTE,
+)
 
 __all__ = ["FastAPIServer", "uvicorn_settings"]
 
@@ -41,7 +51,7 @@ def uvicorn_settings(workers: int = 1) -> dict[str, Any]:
 
 
 class _Body:
-    __slots__ = ("_request", "_it", "_buf")
+    __slots__ = ("_buf", "_it", "_request")
 
     def __init__(self, request: Request) -> None:
         self._request = request

@@ -66,8 +66,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, BinaryIO, Callable, ClassVar, Iterator, Mapping, Protocol, Union
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 import aiohttp
 import yarl
@@ -189,7 +190,7 @@ class PodConfig:
     authn_token: str | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "PodConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> PodConfig:
         """Read the pod's environment.
 
         Raises:
@@ -199,12 +200,12 @@ class PodConfig:
         env = os.environ if environ is None else environ
         target = (env.get(ENV_TARGET_URL) or "").strip()
         if not target:
-            raise EnvironmentError(f"Environment variable '{ENV_TARGET_URL}' must be set.")
+            raise OSError(f"Environment variable '{ENV_TARGET_URL}' must be set.")
         try:
             retries = int(env.get(ENV_DIRECT_PUT_RETRIES) or DEFAULT_DIRECT_PUT_RETRIES)
             backoff = float(env.get(ENV_DIRECT_PUT_BACKOFF_S) or RETRY_BACKOFF_FIRST_S)
         except ValueError as e:
-            raise EnvironmentError(f"bad direct-put retry settings: {e}") from None
+            raise OSError(f"bad direct-put retry settings: {e}") from None
         return cls(
             target_url=target.rstrip("/"),
             direct_fqn=_parse_bool(env.get(ENV_DIRECT_FQN)),
@@ -354,7 +355,7 @@ def _next_chunk(it: Iterator[bytes]) -> Any:
 def _close_quietly(obj: Any) -> None:
     try:
         obj.close()
-    except Exception:  # noqa: BLE001 - cleanup of user code
+    except Exception:
         pass
 
 
@@ -501,7 +502,7 @@ class ETLServer:
         self._auth: dict[str, str] = {HEADER_AUTHORIZATION: f"Bearer {self.token}"} if self.token else {}
 
     # -- user API ------------------------------------------------------------
-    def transform(self, data: Union[bytes, str], path: str, etl_args: str) -> bytes:
+    def transform(self, data: bytes | str, path: str, etl_args: str) -> bytes:
         """Transform one object (buffered mode).
 
         Args:
@@ -630,7 +631,7 @@ class ETLServer:
     async def _open_reader(self, fqn: str, path: str, is_get: bool, body: BodySource | None) -> io.RawIOBase | BinaryIO:
         """The ``transform_stream`` input: the opened file, the target's response, or the body."""
         if fqn:
-            return open(sanitize_fqn(fqn), "rb")  # noqa: SIM115 - closed by the caller
+            return open(sanitize_fqn(fqn), "rb")
         loop = asyncio.get_running_loop()
         if is_get:
             url = target_get_url(self.host_target, path)
@@ -734,7 +735,7 @@ class ETLServer:
             if failed:
                 raise failed[0] from None
             raise ETLDirectPutTransientError(first, e) from e
-        except Exception as e:  # noqa: BLE001 - mapped below
+        except Exception as e:
             if failed:
                 raise failed[0] from None
             self.logger.error("direct put to %s failed: %r", url, e)
@@ -769,7 +770,7 @@ class ETLServer:
             if self.use_streaming:
                 return await self._http_streaming(req, first, rest)
             return await self._http_buffered(req, first, rest)
-        except Exception as e:  # noqa: BLE001 - every error becomes a reply
+        except Exception as e:
             status, msg, headers = self.error_reply(e, req.path)
             self._log_error(status, msg)
             return PodReply(status, msg.encode(), headers, "text/plain")
@@ -921,7 +922,7 @@ class ETLServer:
                 with open(path, "rb") as f:
                     data = f.read()
             return _as_bytes(self._inline_transform(data, ctrl.path, ctrl.etl_args))
-        except Exception as e:  # noqa: BLE001 - every error becomes a TEXT reply
+        except Exception as e:
             status, msg, _ = self.error_reply(e, ctrl.path)
             self._log_error(status, msg)
             return encode_ws_error(msg, status)
@@ -952,7 +953,7 @@ class ETLServer:
                 return encode_ws_delivered(o.length)
             return encode_ws_error(f"direct put to {first} failed: HTTP {o.status}: "
                                    f"{o.body[:1024].decode(errors='replace')}", o.status)
-        except Exception as e:  # noqa: BLE001 - every error becomes a TEXT reply
+        except Exception as e:
             status, msg, _ = self.error_reply(e, ctrl.path)
             self._log_error(status, msg)
             return encode_ws_error(msg, status)

@@ -39,11 +39,16 @@ from urllib.parse import quote
 import aiohttp
 import structlog
 
-from aioetl.errors import AioetlError, BadRequest, ClientError
-
-from aioetl.communicators.wire.const import HEADER_REQ_ID, HEADER_WORKER, HEADER_WS_IDS
 from aioetl.communicators.cork import cork_ws
-from aioetl.communicators.wire.frames import WS_KIND_DATA, WS_KIND_DELIVERED, WS_KIND_ERROR, WsProtocolError, parse_ws_frame
+from aioetl.communicators.wire.const import HEADER_REQ_ID, HEADER_WORKER, HEADER_WS_IDS
+from aioetl.communicators.wire.frames import (
+    WS_KIND_DATA,
+    WS_KIND_DELIVERED,
+    WS_KIND_ERROR,
+    WsProtocolError,
+    parse_ws_frame,
+)
+from aioetl.errors import AioetlError, BadRequest, ClientError
 
 __all__ = [
     "EtlFailed",
@@ -242,7 +247,7 @@ class HpushComm(_Comm):
                 resp = await self._session_for_next().request(
                     method, url, params=params, data=body, headers=headers,
                     timeout=aiohttp.ClientTimeout(total=timeout_s or self.obj_timeout_s))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise self._timeout(f'transform of "{what}"', timeout_s) from None
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientResponseError) as e:
                 if attempt == 0 and replayable:
@@ -282,7 +287,7 @@ class HpushComm(_Comm):
     async def _error_reply(self, resp: aiohttp.ClientResponse) -> AioetlError:
         try:
             text = await resp.content.read(MAX_ERR_BODY)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             text = b""
         resp.release()
         if resp.status == 503 and resp.headers.get("Ais-Etl-Retry-Reason", "") == "direct-put-transient":
@@ -332,7 +337,7 @@ WS_EXPIRED_IDS = 4096  # per connection: ids of timed-out requests whose late re
 _EXPIRED: Any = object()  # result of a ws request future whose per-object timeout fired
 
 
-def _expire(fut: "asyncio.Future[Any]") -> None:
+def _expire(fut: asyncio.Future[Any]) -> None:
     if not fut.done():
         fut.set_result(_EXPIRED)
 
@@ -400,9 +405,9 @@ def _classify_framed(kind: int, payload: bytes, direct: bool) -> PodResult | Aio
 
 
 class _Req:
-    __slots__ = ("fut", "direct")
+    __slots__ = ("direct", "fut")
 
-    def __init__(self, fut: "asyncio.Future[Any]", direct: bool) -> None:
+    def __init__(self, fut: asyncio.Future[Any], direct: bool) -> None:
         self.fut = fut
         self.direct = direct
 
@@ -466,7 +471,7 @@ class WsComm(_Comm):
         try:
             ws = await self.session.ws_connect(ws_url, max_msg_size=0, autoping=False, heartbeat=None,
                                                timeout=aiohttp.ClientWSTimeout(ws_close=5))
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise self._unreachable(e) from e
         cork_ws(ws)
         c = _WsConn(ws)
@@ -513,7 +518,7 @@ class WsComm(_Comm):
                     req.fut.set_result(res)
                 if isinstance(res, _Anomaly):
                     break
-        except Exception as e:  # noqa: BLE001 - the connection is dead; fail its requests below
+        except Exception as e:
             err = self._unreachable(e)
         finally:
             c.broken = True

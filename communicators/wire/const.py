@@ -30,7 +30,6 @@ __all__ = [
     "HEADER_REQ_ID",
     "HEADER_WORKER",
     "HEADER_WS_IDS",
-    "WS_REPLIES_PER_SEND",
     "HEALTH_BODY",
     "HEALTH_PATH",
     "MAX_WS_MSG_BYTES",
@@ -45,6 +44,7 @@ __all__ = [
     "WS_ID",
     "WS_PATH",
     "WS_PIPELINE",
+    "WS_REPLIES_PER_SEND",
     "WS_ROUTE",
 ]
 

@@ -57,12 +57,12 @@ from aioetl.communicators.wire.const import (
 )
 
 __all__ = [
-    "DirectPutOutcome",
-    "InvalidPipelineError",
     "WS_KIND_DATA",
     "WS_KIND_DELIVERED",
     "WS_KIND_ERROR",
     "WS_REPLY_HEADER",
+    "DirectPutOutcome",
+    "InvalidPipelineError",
     "WsControl",
     "WsProtocolError",
     "backoff_delay_s",
@@ -259,7 +259,7 @@ class WsControl:
     id: int | None = None
 
     @classmethod
-    def decode(cls, data: bytes | str) -> "WsControl":
+    def decode(cls, data: bytes | str) -> WsControl:
         """Parse the JSON control frame; absent fields are ``""``.
 
         Raises:

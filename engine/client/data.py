@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -120,8 +121,14 @@ class DataClient:
         prog = None
         task_id = None
         if progress:
-            from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress,
-                                       TimeRemainingColumn, TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                MofNCompleteColumn,
+                Progress,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
             prog = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                             DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),

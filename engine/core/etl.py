@@ -29,10 +29,10 @@ from aioetl.xactions.duration import parse_duration_s
 
 __all__ = [
     "COMM_TYPES",
-    "EtlSpec",
     "STAGE_ABORTED",
     "STAGE_INITIALIZING",
     "STAGE_RUNNING",
+    "EtlSpec",
     "etl_not_found",
     "load_spec_yaml",
     "parse_duration_s",
@@ -244,7 +244,7 @@ def parse_init_msg(msg: Any) -> EtlSpec:
     if comm not in COMM_TYPES:
         raise BadRequest(f'etl job "{name}": unknown communication type "{comm}" (expected one of {", ".join(COMM_TYPES)})')
     direct_put = bool(msg.get("support_direct_put", False))
-    if "spec" in msg and msg["spec"]:
+    if msg.get("spec"):
         image, command, env, ann = _from_pod_spec(msg["spec"])
         if not msg.get("communication") and ann in COMM_TYPES:
             comm = ann

@@ -15,8 +15,9 @@ The same weights choose a mountpath inside a target (AIStore ``fs/hrw.go``).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import xxhash
 
@@ -105,7 +106,7 @@ class Snode:
         }
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "Snode":
+    def from_json(cls, doc: dict[str, Any]) -> Snode:
         return cls(
             daemon_id=doc["daemon_id"],
             daemon_type=doc["daemon_type"],
@@ -152,7 +153,7 @@ class Smap:
         }
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "Smap":
+    def from_json(cls, doc: dict[str, Any]) -> Smap:
         return cls(
             proxy=Snode.from_json(doc["proxy_si"]),
             targets={tid: Snode.from_json(t) for tid, t in doc.get("tmap", {}).items()},

@@ -33,12 +33,18 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from aioetl.xactions.errs import MAX_OBJ_ERRS
-
-from aioetl.errors import AlreadyExists, BadRequest
-from aioetl.engine.core.etl import STAGE_ABORTED, STAGE_INITIALIZING, STAGE_RUNNING, etl_not_found, parse_init_msg, validate_etl_name
-from aioetl.engine.node.httpd import json_response, read_json
+from aioetl.engine.core.etl import (
+    STAGE_ABORTED,
+    STAGE_INITIALIZING,
+    STAGE_RUNNING,
+    etl_not_found,
+    parse_init_msg,
+    validate_etl_name,
+)
 from aioetl.engine.core.smap import Snode
+from aioetl.engine.node.httpd import json_response, read_json
+from aioetl.errors import AlreadyExists, BadRequest
+from aioetl.xactions.errs import MAX_OBJ_ERRS
 
 if TYPE_CHECKING:
     from aioetl.engine.gateway.gateway import Gateway
@@ -59,7 +65,7 @@ def new_secret() -> str:
 class GatewayEtl:
     """etlMD and the ETL endpoints of the gateway."""
 
-    def __init__(self, gw: "Gateway") -> None:
+    def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.path = os.path.join(gw.cfg.data_dir, "gateway", "etlmd.json")
         self.md: dict[str, dict[str, Any]] = self._load()
@@ -122,7 +128,7 @@ class GatewayEtl:
                 async with self.gw.session.request(method, t.url + path, json=body,  # type: ignore[union-attr]
                                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
                     return t, r.status, await r.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            except (TimeoutError, aiohttp.ClientError) as e:
                 return t, 0, f"target {t.daemon_id} unreachable or timed out: {e!r}".encode()
 
         return list(await asyncio.gather(*(one(t) for t in ts)))
@@ -318,7 +324,7 @@ class GatewayEtl:
                     continue  # deleted, or started by hand meanwhile
                 try:
                     await self._run_init(name)
-                except Exception as e:  # noqa: BLE001 - recorded on the ETL
+                except Exception as e:
                     log.warning("etl restart failed", etl=name, err=str(e))
         finally:
             self._restarting = False

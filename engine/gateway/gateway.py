@@ -36,12 +36,12 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from aioetl.engine.node.auth import GATEWAY_INTERNAL, auth_headers, cluster_auth_middleware
-from aioetl.errors import AioetlError, AlreadyExists, BadRequest, NodeUnavailable, bck_not_found
-from aioetl.engine.node.httpd import error_middleware, json_response, read_action, split_obj_path
 from aioetl.engine.core.names import make_uname, validate_bck_name, validate_obj_name
 from aioetl.engine.core.smap import Smap, Snode
+from aioetl.engine.node.auth import GATEWAY_INTERNAL, auth_headers, cluster_auth_middleware
+from aioetl.engine.node.httpd import error_middleware, json_response, read_action, split_obj_path
 from aioetl.engine.target.target import serve_until_signalled, write_ready_file
+from aioetl.errors import AioetlError, AlreadyExists, BadRequest, NodeUnavailable, bck_not_found
 
 __all__ = ["Gateway", "GatewayConfig", "run_gateway"]
 
@@ -246,7 +246,7 @@ class Gateway:
                 body = await r.read()
                 if what != "node_status" or r.status != 200:
                     return web.Response(status=r.status, body=body, content_type=r.content_type)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise NodeUnavailable(f"target {node_id} unreachable: {e!r}") from e
         return json_response(self._node_status(t, json.loads(body).get("mountpaths") or []))
 

@@ -40,14 +40,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
+from aioetl.engine.core.names import parse_uname, validate_bck_name
+from aioetl.engine.core.smap import Snode
+from aioetl.engine.node.httpd import json_response, read_action, read_json
+from aioetl.errors import BadRequest, NotFound
 from aioetl.xactions.records import atomic_write_json
 from aioetl.xactions.tcb import COPY_BCK, DELETE_LISTRANGE, ETL_BCK, LISTRANGE_KINDS, TcbMsg
 from aioetl.xactions.xact import GO_ZERO_TIME, State, Xaction, new_xid, rfc3339
-
-from aioetl.errors import BadRequest, NotFound
-from aioetl.engine.node.httpd import json_response, read_action, read_json
-from aioetl.engine.core.names import parse_uname, validate_bck_name
-from aioetl.engine.core.smap import Snode
 
 if TYPE_CHECKING:
     from aioetl.engine.gateway.gateway import Gateway
@@ -189,7 +188,7 @@ class GatewayJobs:
     :data:`RESTART_REASON`.
     """
 
-    def __init__(self, gw: "Gateway") -> None:
+    def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self.dir = os.path.join(gw.cfg.data_dir, "gateway", "jobs")
         self.jobs: dict[str, dict[str, Any]] = self._load()
@@ -293,7 +292,7 @@ class GatewayJobs:
                         await self._save(job)
                 except asyncio.CancelledError:
                     raise
-                except Exception as e:  # noqa: BLE001 - the watcher must outlive one bad poll
+                except Exception as e:
                     log.warning("job watch failed", xid=job.get("id"), err=repr(e))
 
     async def _stop_watcher(self, _: web.Application) -> None:

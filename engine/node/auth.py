@@ -30,7 +30,8 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 

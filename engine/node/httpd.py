@@ -22,19 +22,18 @@ import asyncio
 import json
 import os
 import re
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import msgspec
-
 import structlog
 from aiohttp import web
 
-from aioetl.xactions.errs import InvalidMsg
-from aioetl.xactions.xact import validate_xid
-
 from aioetl.engine.core.bodies import schema_for
 from aioetl.errors import AioetlError, BadRequest, InvalidName, error_body
+from aioetl.xactions.errs import InvalidMsg
+from aioetl.xactions.xact import validate_xid
 
 __all__ = [
     "BODY_IDLE_TIMEOUT_S",
@@ -149,7 +148,7 @@ async def _body_fault(request: web.Request) -> AioetlError | None:
         check_body_shape(request, _parse_json(raw, required=True))
     except AioetlError as e:
         return e
-    except Exception:  # noqa: BLE001 - cannot tell: the original error stands
+    except Exception:
         return None
     return None
 
@@ -185,7 +184,7 @@ def error_middleware(node_id: str) -> Any:
             raise
         except (ConnectionResetError, asyncio.CancelledError):
             raise
-        except Exception as e:  # noqa: BLE001 - the boundary: every error becomes a response
+        except Exception as e:
             log.exception("internal error", method=request.method, path=request.path)
             return error_response(request, 500, f"internal error: {type(e).__name__}: {e}", node_id)
 

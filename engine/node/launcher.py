@@ -241,7 +241,7 @@ class LocalCluster:
                 raise ClusterError(f"{node.role} {node.node_id} not ready in {self.start_timeout_s}s:\n{_tail(node.log_path)}")
             time.sleep(0.02)
 
-    def start(self) -> "LocalCluster":
+    def start(self) -> LocalCluster:
         """Start the gateway, then the targets; return once all have joined."""
         live = running_nodes(self.data_dir)
         if live:
@@ -329,7 +329,7 @@ class LocalCluster:
         """Nodes whose process has exited (for the foreground watcher)."""
         return [n for n in self.nodes() if n.proc is not None and n.proc.poll() is not None]
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -33,7 +33,8 @@ import asyncio
 import contextlib
 import os
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
@@ -41,20 +42,19 @@ import structlog
 from aiohttp import web
 
 from aioetl.communicators.target.comm import EtlFailed, WsComm
+from aioetl.engine.core.names import make_uname
+from aioetl.engine.node.httpd import json_response, read_json
+from aioetl.engine.scheduler.receipts import Receipts
+from aioetl.errors import AioetlError, BadRequest, InsufficientStorage, NotFound
 from aioetl.xactions.queue import ByteQueue, QueueClosed
 from aioetl.xactions.records import JobRecords
 from aioetl.xactions.tcb import DELETE_LISTRANGE, LISTRANGE_KINDS, TcbMsg, expand_template
 from aioetl.xactions.xact import State, Xaction, validate_xid
 
-from aioetl.errors import AioetlError, BadRequest, InsufficientStorage, NotFound
-from aioetl.engine.node.httpd import json_response, read_json
-from aioetl.engine.core.names import make_uname
-from aioetl.engine.scheduler.receipts import Receipts
-
 if TYPE_CHECKING:
+    from aioetl.engine.target.etl import EtlInstance
     from aioetl.engine.target.storage import Mountpath
     from aioetl.engine.target.target import Target
-    from aioetl.engine.target.etl import EtlInstance
 
 __all__ = ["OfflineJobs", "resolve_num_workers"]
 
@@ -89,7 +89,7 @@ def resolve_num_workers(requested: int, n_mountpaths: int, cpus: int | None = No
 
 
 class _Job:
-    def __init__(self, xact: Xaction, msg: TcbMsg, inst: "EtlInstance | None") -> None:
+    def __init__(self, xact: Xaction, msg: TcbMsg, inst: EtlInstance | None) -> None:
         self.xact = xact
         self.msg = msg
         self.inst = inst
@@ -104,7 +104,7 @@ class _Job:
 class OfflineJobs:
     """Offline transform jobs of one target."""
 
-    def __init__(self, target: "Target") -> None:
+    def __init__(self, target: Target) -> None:
         self.t = target
         self.jobs: dict[str, _Job] = {}
         self.receipts = Receipts()  # the receive side of every job's direct puts here
@@ -261,7 +261,7 @@ class OfflineJobs:
                 x.log.info("job finished", stats=x.stats.to_wire(), errors=x.err_total)
         except asyncio.CancelledError:
             x.abort(x.abort_err or "cancelled")
-        except Exception as e:  # noqa: BLE001 - becomes the job's abort error
+        except Exception as e:
             err = _first_error(e)
             x.abort(err)
             await self._abort_cluster(x.xid, err)
@@ -357,7 +357,7 @@ class OfflineJobs:
                 await self._one(job, name, fqn, size)
                 x.done_objs += 1
                 x.done_bytes += size
-            except (AioetlError, OSError, aiohttp.ClientError, asyncio.TimeoutError) as e:
+            except (TimeoutError, AioetlError, OSError, aiohttp.ClientError) as e:
                 # out of space too: a per-object error naming the target
                 text, code = (e.message, e.status) if isinstance(e, AioetlError) else (f"{type(e).__name__}: {e}", 500)
                 x.add_obj_err(f"ais://{x.src_bck}/{name}", text, code)
@@ -517,7 +517,7 @@ class OfflineJobs:
         reasons: dict[str, str] = {}
         try:
             received, missing, reasons = await self._settle_call(url, x.xid, list(claims), revoke=True)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             received, missing = {}, list(claims)
             why = f"could not be confirmed: target {url} unreachable ({type(e).__name__}: {e})"
         else:
@@ -537,7 +537,7 @@ class OfflineJobs:
         ``(False, why)`` with the destination's reason when its store failed there."""
         try:
             received, _, reasons = await self._settle_call(url, job.xact.xid, [key], revoke=revoke)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             return False, ""
         if key not in received:
             return False, reasons.get(key, "")
@@ -631,7 +631,7 @@ class _Counted:
         self.content = content
         self.n = 0
 
-    def __aiter__(self) -> "_Counted":
+    def __aiter__(self) -> _Counted:
         return self
 
     async def __anext__(self) -> bytes:

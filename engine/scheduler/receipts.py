@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
-from aioetl.errors import Conflict
 from aioetl.engine.target.storage import LomMD
+from aioetl.errors import Conflict
 
 __all__ = ["JobReceipts", "Receipts"]
 
@@ -48,7 +48,7 @@ class JobReceipts:
         aborted: the abort reason; non-empty refuses every object.
     """
 
-    __slots__ = ("received", "revoked", "committing", "aborted", "touched", "failed")
+    __slots__ = ("aborted", "committing", "failed", "received", "revoked", "touched")
 
     def __init__(self) -> None:
         self.received: dict[str, int] = {}

@@ -32,14 +32,13 @@ import structlog
 from aiohttp import web
 
 from aioetl.communicators.target.comm import EtlFailed, HpullComm, HpushComm, WsComm
-from aioetl.xactions.errs import ObjErrs
-
-from aioetl.errors import AioetlError, BadRequest, ClientError
 from aioetl.engine.core.etl import HPULL, STAGE_ABORTED, STAGE_RUNNING, WS, EtlSpec, etl_not_found, parse_init_msg
-from aioetl.engine.node.httpd import json_response, read_json
 from aioetl.engine.core.names import make_uname, parse_uname, validate_bck_name, validate_obj_name
+from aioetl.engine.node.httpd import json_response, read_json
 from aioetl.engine.target.pods import LocalPod, LocalProcessRuntime
 from aioetl.engine.target.storage import FqnLender
+from aioetl.errors import AioetlError, BadRequest, ClientError
+from aioetl.xactions.errs import ObjErrs
 
 if TYPE_CHECKING:
     from aioetl.engine.target.target import Target
@@ -85,7 +84,7 @@ class EtlManager:
         runtime: the pod runtime (local processes by default).
     """
 
-    def __init__(self, target: "Target", runtime: LocalProcessRuntime) -> None:
+    def __init__(self, target: Target, runtime: LocalProcessRuntime) -> None:
         self.t = target
         self.runtime = runtime
         self.etls: dict[str, EtlInstance] = {}
@@ -324,7 +323,7 @@ class EtlManager:
                     break
                 head.append(chunk)
                 n += len(chunk)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise failed(e) from e
         if whole:
             if clen is not None and n != clen:
@@ -343,7 +342,7 @@ class EtlManager:
                 n += len(chunk)
             if clen is not None and n != clen:
                 raise ValueError(f"{n} bytes where Content-Length said {clen}")
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             failed(e)
             log.warning("inline transform failed after the reply started: client connection aborted",
                         etl=name, obj=cname, error=str(e))
@@ -371,7 +370,7 @@ class EtlManager:
         resp = await comm.open(bck, obj, fqn=fqn, etl_args=etl_args, pipeline=pipeline)  # a 204 raises
         try:
             return await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise EtlFailed(f'ETL error: etl job "{inst.spec.name}": pod failed mid-transform of '
                             f"ais://{bck}/{obj}: {e}", status=424) from e
         finally:

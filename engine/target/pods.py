@@ -44,13 +44,14 @@ import socket
 import sys
 import time
 from collections import deque
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
 
-from aioetl.errors import BadRequest
 from aioetl.engine.core.etl import EtlSpec
+from aioetl.errors import BadRequest
 
 __all__ = ["BUILTIN_IMAGES", "Confinement", "LocalPod", "LocalProcessRuntime", "PodError", "PodRuntime", "confinement", "resolve_builtin",
            "sandbox_argv"]
@@ -394,7 +395,7 @@ class PodRuntime(Protocol):
     """Starts pods. Implementations: :class:`LocalProcessRuntime` (Kubernetes: not here)."""
 
     async def start(self, spec: EtlSpec, *, target_id: str, target_url: str, secret: str,
-                    on_exit: Callable[["LocalPod"], Awaitable[None]], read_dirs: Sequence[str] = ()) -> "LocalPod": ...
+                    on_exit: Callable[[LocalPod], Awaitable[None]], read_dirs: Sequence[str] = ()) -> LocalPod: ...
 
 
 class LocalPod:
@@ -491,7 +492,7 @@ class LocalPod:
                     async with s.get(self.url + "/health") as r:
                         if r.status == 200:
                             return
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     pass
                 if time.monotonic() > deadline:
                     await self.stop()
@@ -518,7 +519,7 @@ class LocalPod:
             os.killpg(self.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(self.proc.wait(), grace_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
             await self.proc.wait()
@@ -532,7 +533,7 @@ class LocalPod:
             import psutil
 
             return [p.pid for p in psutil.Process(self.pid).children(recursive=True)]
-        except Exception:  # noqa: BLE001 - best effort
+        except Exception:
             return []
 
 
@@ -634,7 +635,7 @@ class LocalProcessRuntime:
                                                          stderr=asyncio.subprocess.STDOUT)
                 try:
                     out, _ = await asyncio.wait_for(p.communicate(), spec.init_timeout_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     p.kill()
                     raise PodError(f'etl job "{spec.name}": installing PACKAGES {pkgs} took longer than init_timeout')
                 if p.returncode != 0:

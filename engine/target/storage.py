@@ -30,15 +30,16 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import msgspec
 import xxhash
 
-from aioetl.errors import Conflict, InsufficientStorage, obj_not_found
 from aioetl.engine.core.names import make_uname, validate_obj_name
 from aioetl.engine.core.smap import digest, hrw_pick
+from aioetl.errors import Conflict, InsufficientStorage, obj_not_found
 
 __all__ = ["CKSUM_TYPE", "FqnLender", "LomMD", "Mountpath", "Store", "WorkFile", "fs_type"]
 
@@ -145,7 +146,7 @@ class WorkFile:
     finalize returns, no reader can see any of the bytes.
     """
 
-    def __init__(self, store: "Store", bck: str, obj: str) -> None:
+    def __init__(self, store: Store, bck: str, obj: str) -> None:
         self.bck, self.obj = bck, obj
         self.mpath = store.mountpath_of(bck, obj)
         self.fqn = self.mpath.fqn(bck, obj)

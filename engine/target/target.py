@@ -25,21 +25,21 @@ import os
 import re
 import signal
 import time
-from urllib.parse import quote
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
 import structlog
 from aiohttp import web
 
-from aioetl.engine.node.auth import TARGET_INTERNAL, auth_headers, cluster_auth_middleware
-from aioetl.errors import AioetlError, BadRequest, NotFound, RangeNotSatisfiable, bck_not_found
-from aioetl.engine.node.httpd import error_middleware, iter_body, json_response, read_json, split_obj_path
 from aioetl.engine.core.names import make_uname, validate_bck_name, validate_obj_name
 from aioetl.engine.core.smap import Smap
+from aioetl.engine.node.auth import TARGET_INTERNAL, auth_headers, cluster_auth_middleware
+from aioetl.engine.node.httpd import error_middleware, iter_body, json_response, read_json, split_obj_path
 from aioetl.engine.target.storage import CKSUM_TYPE, LomMD, Store, remove_trash_async
+from aioetl.errors import AioetlError, BadRequest, NotFound, RangeNotSatisfiable, bck_not_found
 
 __all__ = ["LSO_PAGE_ENCODER", "Target", "TargetConfig", "md_headers", "run_target"]
 
@@ -157,8 +157,8 @@ class Target:
         self._lists: dict[str, _ListSession] = {}
         self.session: aiohttp.ClientSession | None = None
         self.log = log.bind(target=cfg.node_id)
-        from aioetl.engine.target.pods import LocalProcessRuntime
         from aioetl.engine.target.etl import EtlManager
+        from aioetl.engine.target.pods import LocalProcessRuntime
 
         self.runtime = LocalProcessRuntime(cfg.data_dir or os.path.dirname(cfg.mountpaths[0]))
         self.etl = EtlManager(self, self.runtime)

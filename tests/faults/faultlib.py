@@ -31,7 +31,7 @@ from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer as AisFastAPI
 
 from aioetl.communicators import AiohttpServer
 
-__all__ = ["expected", "mode_of", "str_output", "OurFaultServer", "AisFaultServer", "SlowServer"]
+__all__ = ["AisFaultServer", "OurFaultServer", "SlowServer", "expected", "mode_of", "str_output"]
 
 _BAD = re.compile(r"(?:^|/)bad-([a-z0-9]+)-\d+")
 

@@ -177,7 +177,7 @@ async def handle_http(method: str, target: str, headers: dict[str, str], body: b
         return True
     try:
         out = expected(await read_object(path, query, body))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         writer.write(_response(500, "Internal Server Error", f"faultpod: {e}".encode()))
         return True
     half = out[: len(out) // 2]
@@ -333,7 +333,7 @@ async def handle_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     finally:
         try:
             writer.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 

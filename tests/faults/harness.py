@@ -33,7 +33,6 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
-
 from aistore.sdk.errors import AISError
 
 from .faultlib import expected, mode_of, str_output
@@ -257,11 +256,11 @@ def run_offline(t: Tally, client: Any, endpoint: str, etl_name: str, src: Any, o
                         num_workers=num_workers)
     try:
         success, aborted, err = wait_job(client, job)
-    except Exception as e:  # noqa: BLE001 - the SDK's timeout/404 are the finding
+    except Exception as e:
         problems.append(f"job {job} did not end cleanly: {type(e).__name__}: {e}")
         try:
             client.job(job).abort()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         success, aborted, err = False, True, f"wait failed: {e}"
     if settle_s:

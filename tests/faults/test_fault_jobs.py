@@ -12,12 +12,12 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
 import requests
-
 from aistore.sdk.errors import AISError
 
 from aioetl.engine.node.launcher import LocalCluster
@@ -177,7 +177,7 @@ def _job_after_restart(client: Any, job: str) -> list[str]:
         if getattr(e, "status_code", 0) == 404 or "not found" in str(e).lower():
             return [f"after the restart the job answers 404: {e}"]
         return []  # raised a failure: acceptable
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return [f"after the restart wait() failed with {type(e).__name__}: {e}"]
     return ["after the restart the job reads success"] if res.success else []
 
@@ -214,7 +214,7 @@ def test_target_sigkilled_mid_job(own_data_dir: str, restart: str) -> None:
             os.kill(victim.pid, signal.SIGKILL)  # a target this test started
         try:
             success, aborted, err = wait_job(client, job, 90)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             success, aborted, err = False, False, f"<wait raised {type(e).__name__}: {e}>"
             if "404" in str(e) or "not found" in str(e).lower():
                 problems.append(f"the job answers 404 after the kill: {e}")

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from websockets.sync.client import connect as ws_connect
@@ -59,7 +59,7 @@ def _raw(port: int, name: str, body: bytes, wait_s: float = 10.0) -> bytes:
             if not chunk:
                 break
             out += chunk
-    except socket.timeout:
+    except TimeoutError:
         pass
     s.close()
     return out

@@ -15,7 +15,8 @@ import glob
 import os
 import re
 import subprocess
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -46,9 +47,9 @@ CAUSE = re.compile(r"507|space|full|ENOSPC|insufficient", re.I)
 def full_peer() -> Iterator[tuple[LocalCluster, str, str, Any, dict[str, bytes]]]:
     """(cluster, full target id, its mountpath, SDK client, source objects): 3 targets,
     one on a 20 MiB tmpfs filled until ~2 MiB are free after the sources landed."""
-    from .conftest import new_data_dir
-
     import shutil
+
+    from .conftest import new_data_dir
 
     d = new_data_dir("fullpeer")
     c = LocalCluster(targets=3, data_dir=d, port=0)

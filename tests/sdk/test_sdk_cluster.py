@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -178,7 +179,7 @@ def test_list_running_jobs_names_kind_and_id(sdk: Any, endpoint: str) -> None:
     finally:
         try:
             sdk.etl(name).delete()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         dst.delete(missing_ok=True)
         b.delete(missing_ok=True)

@@ -13,13 +13,13 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from importlib.metadata import version
-from typing import Any, Iterator
+from typing import Any
 
 import cloudpickle
 import pytest
 import requests
-
 from aistore.sdk.errors import AISError
 from aistore.sdk.etl import ETLConfig
 from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer as AisFastAPIServer

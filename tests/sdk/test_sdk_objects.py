@@ -22,15 +22,15 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
 import requests
 import xxhash
-
 from aistore.sdk.errors import AISError, ErrBckAlreadyExists, ErrBckNotFound, ErrObjNotFound
 
 pytestmark = [pytest.mark.sdk, pytest.mark.timeout(300)]

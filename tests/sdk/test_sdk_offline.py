@@ -13,13 +13,13 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 import cloudpickle
 import pytest
 import requests
-
 from aistore.sdk.errors import AISError
 from aistore.sdk.etl.webserver.fastapi_server import FastAPIServer as AisFastAPIServer
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from aioetl.errors import NotFound
 from aioetl.engine.target.storage import LEND_DIR, FqnLender, Store
+from aioetl.errors import NotFound
 
 
 def _store(tmp_path: Any) -> Store:

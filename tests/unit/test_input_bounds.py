@@ -9,12 +9,12 @@ import msgspec
 import pytest
 
 from aioetl.engine.core.bodies import BODY_SCHEMAS, Join, Metasync, XactStart
-from aioetl.errors import BadRequest, InvalidName
 from aioetl.engine.core.etl import MAX_SPEC_BYTES, load_spec_yaml
 from aioetl.engine.node.httpd import _depth_ok, unquote_name
+from aioetl.errors import BadRequest, InvalidName
+from aioetl.xactions.errs import InvalidMsg
 from aioetl.xactions.tcb import ETL_BCK, MAX_NUM_WORKERS, TcbMsg
 from aioetl.xactions.xact import InvalidXid, new_xid, validate_xid
-from aioetl.xactions.errs import InvalidMsg
 
 
 @pytest.mark.parametrize("raw,want", [("a%20b", "a b"), ("%C3%A9t%C3%A9", "été"), ("a/b", "a/b"), ("%25", "%")])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from aioetl.errors import ClientError, InvalidName
 from aioetl.engine.core.names import (
     MAX_BCK_NAME_LEN,
     MAX_OBJ_NAME_BYTES,
@@ -13,6 +12,7 @@ from aioetl.engine.core.names import (
     validate_bck_name,
     validate_obj_name,
 )
+from aioetl.errors import ClientError, InvalidName
 
 GOOD_BCK = ["b", "my-bucket", "my_bucket", "v1.2", "A-Z_09", "a" * MAX_BCK_NAME_LEN, ".hidden", "a.b.c"]
 BAD_BCK = [

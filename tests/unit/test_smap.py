@@ -13,9 +13,9 @@ import pytest
 from aistore.sdk.types import Smap as SdkSmap
 from aistore.sdk.utils import get_digest
 
-from aioetl.errors import NodeUnavailable
 from aioetl.engine.core.names import make_uname
 from aioetl.engine.core.smap import Smap, Snode, digest, hrw_pick
+from aioetl.errors import NodeUnavailable
 
 MAINTENANCE = 1 << 2
 DECOMMISSION = 1 << 3

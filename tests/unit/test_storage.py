@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from aioetl.errors import Conflict, InsufficientStorage, NotFound
 from aioetl.engine.target.storage import CKSUM_TYPE, Store, WorkFile, remove_trash, remove_trash_async
+from aioetl.errors import Conflict, InsufficientStorage, NotFound
 
 
 def xxh(data: bytes) -> str:

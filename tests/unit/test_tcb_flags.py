@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from aioetl.xactions.tcb import COPY_BCK, ETL_BCK, ETL_LISTRANGE, TcbMsg
 from aioetl.xactions.errs import InvalidMsg
+from aioetl.xactions.tcb import COPY_BCK, ETL_BCK, ETL_LISTRANGE, TcbMsg
 
 
 def sdk_bck_value(**over: object) -> dict[str, object]:

@@ -9,11 +9,10 @@ import pytest
 
 from aioetl.engine.gateway.jobs import aggregate_status
 from aioetl.engine.scheduler.offline import resolve_num_workers
-from aioetl.xactions.errs import MAX_OBJ_ERRS, ObjErrs
+from aioetl.xactions.errs import MAX_OBJ_ERRS, InvalidMsg, ObjErrs
 from aioetl.xactions.queue import ByteQueue, QueueClosed
 from aioetl.xactions.tcb import ETL_BCK, ETL_LISTRANGE, TcbMsg, expand_template
 from aioetl.xactions.xact import GO_ZERO_TIME, IllegalTransition, State, Xaction
-from aioetl.xactions.errs import InvalidMsg
 
 
 def mk(tmp_path=None) -> Xaction:  # type: ignore[no-untyped-def]

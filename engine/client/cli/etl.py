@@ -15,7 +15,7 @@ import inspect
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 import typer
@@ -31,7 +31,7 @@ COMM = typer.Option("hpush", "--comm-type", help="hpush, hpull or ws.")
 NAME = typer.Option(..., "--name", "-n", help="ETL name: 6-32 of [a-z0-9-].")
 
 
-def _http(endpoint: Optional[str], data: Optional[str]) -> httpx.Client:
+def _http(endpoint: str | None, data: str | None) -> httpx.Client:
     return httpx.Client(base_url=resolve_endpoint(endpoint, data) + "/v1", timeout=httpx.Timeout(600.0, connect=5.0))
 
 
@@ -52,13 +52,13 @@ def _base_msg(name: str, comm: str, init_timeout: str, obj_timeout: str, direct_
             "obj_timeout": obj_timeout, "support_direct_put": direct_put or comm == "ws"}
 
 
-def _init(msg: dict[str, Any], endpoint: Optional[str], data: Optional[str]) -> None:
+def _init(msg: dict[str, Any], endpoint: str | None, data: str | None) -> None:
     with _http(endpoint, data) as c:
         xid = _check(c.put("/etl", json=msg)).text
     console.print(f"etl {msg['name']} running ({msg['communication']}), xaction {xid}")
 
 
-def load_class(path: Path, cls_name: Optional[str]) -> type:
+def load_class(path: Path, cls_name: str | None) -> type:
     """Import ``path`` as a module and return its ETL server class (the one named, or the last defined)."""
     spec = importlib.util.spec_from_file_location(f"aioetl_user_{path.stem}", path)
     if spec is None or spec.loader is None:
@@ -81,14 +81,14 @@ def load_class(path: Path, cls_name: Optional[str]) -> type:
 
 @init_app.command("class")
 def init_class(
-    file: Path, name: str = NAME, cls: Optional[str] = typer.Option(None, "--class", help="Class name in FILE."),
+    file: Path, name: str = NAME, cls: str | None = typer.Option(None, "--class", help="Class name in FILE."),
     comm: str = COMM, dep: list[str] = typer.Option([], "--dep", help="pip package for the pod (repeatable)."),
     os_pkg: list[str] = typer.Option([], "--os-package", help="OS package the pod needs (repeatable)."),
     env: list[str] = typer.Option([], "--env", help="KEY=VALUE for the pod (repeatable)."),
     direct_fqn: bool = typer.Option(False, "--direct-file-access", help="transform() gets the object's path."),
     init_timeout: str = "5m", obj_timeout: str = "45s",
     direct_put: bool = typer.Option(True, "--direct-put/--no-direct-put"),
-    endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt,
+    endpoint: str | None = EndpointOpt, data: str | None = DataOpt,
 ) -> None:
     """Initialize a Python ETL server class from FILE.py (as the SDK's init_class does)."""
     import cloudpickle
@@ -113,7 +113,7 @@ def init_class(
 
 @init_app.command("spec")
 def init_spec(file: Path, name: str = NAME, comm: str = COMM, init_timeout: str = "5m", obj_timeout: str = "45s",
-              endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+              endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Initialize from a Kubernetes Pod spec YAML (AIStore's init_spec)."""
     msg = _base_msg(name, comm, init_timeout, obj_timeout, comm == "ws")
     msg["spec"] = base64.b64encode(file.read_bytes()).decode()
@@ -122,11 +122,11 @@ def init_spec(file: Path, name: str = NAME, comm: str = COMM, init_timeout: str 
 
 @init_app.command("image")
 def init_image(image: str, name: str = NAME, comm: str = COMM,
-               command: Optional[str] = typer.Option(None, "--command", help="Container command (split on spaces)."),
+               command: str | None = typer.Option(None, "--command", help="Container command (split on spaces)."),
                env: list[str] = typer.Option([], "--env", help="KEY=VALUE (repeatable)."),
                init_timeout: str = "5m", obj_timeout: str = "45s",
                direct_put: bool = typer.Option(False, "--direct-put/--no-direct-put"),
-               endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+               endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Initialize from an image (aistorage/transformer_* map to built-ins; others run their command locally)."""
     msg = _base_msg(name, comm, init_timeout, obj_timeout, direct_put)
     rt: dict[str, Any] = {"image": image}
@@ -139,7 +139,7 @@ def init_image(image: str, name: str = NAME, comm: str = COMM,
 
 
 @etl_app.command("ls")
-def etl_ls(endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+def etl_ls(endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """List ETLs with their stage and inline counters."""
     with _http(endpoint, data) as c:
         etls = _check(c.get("/etl")).json()
@@ -153,7 +153,7 @@ def etl_ls(endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt)
 
 @etl_app.command("show")
 def etl_show(name: str, job: str = typer.Option("", "--job", help="Show the errors of this offline job."),
-             endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+             endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Show an ETL's init message and per-object errors."""
     with _http(endpoint, data) as c:
         doc = _check(c.get(f"/etl/{name}", params={"uuid": job})).json()
@@ -172,7 +172,7 @@ def etl_show(name: str, job: str = typer.Option("", "--job", help="Show the erro
 
 @etl_app.command("logs")
 def etl_logs(name: str, target: str = typer.Option("", "--target", help="Only this target."),
-             endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+             endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Print each pod's recent stdout/stderr."""
     with _http(endpoint, data) as c:
         docs = _check(c.get(f"/etl/{name}/logs" + (f"/{target}" if target else ""))).json()
@@ -182,7 +182,7 @@ def etl_logs(name: str, target: str = typer.Option("", "--target", help="Only th
         sys.stdout.flush()
 
 
-def _post(name: str, verb: str, endpoint: Optional[str], data: Optional[str]) -> None:
+def _post(name: str, verb: str, endpoint: str | None, data: str | None) -> None:
     with _http(endpoint, data) as c:
         if verb == "rm":
             _check(c.delete(f"/etl/{name}"))
@@ -192,27 +192,27 @@ def _post(name: str, verb: str, endpoint: Optional[str], data: Optional[str]) ->
 
 
 @etl_app.command("stop")
-def etl_stop(name: str, endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+def etl_stop(name: str, endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Stop an ETL's pods (stage Aborted); 'start' brings it back."""
     _post(name, "stop", endpoint, data)
 
 
 @etl_app.command("start")
-def etl_start(name: str, endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+def etl_start(name: str, endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Start a stopped ETL again."""
     _post(name, "start", endpoint, data)
 
 
 @etl_app.command("rm")
-def etl_rm(name: str, endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+def etl_rm(name: str, endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Stop and delete an ETL."""
     _post(name, "rm", endpoint, data)
 
 
 @etl_app.command("object")
-def etl_object(name: str, url: str, out_path: Optional[Path] = typer.Argument(None, help="Output file (default stdout)."),
+def etl_object(name: str, url: str, out_path: Path | None = typer.Argument(None, help="Output file (default stdout)."),
                args: str = typer.Option("", "--args", help="etl_args passed to transform()."),
-               endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+               endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Transform one object inline (GET with etl_name) to a file or stdout."""
     bck, obj = parse_ais_url(url)
     if not obj:

@@ -16,14 +16,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 import typer
 from rich.table import Table
 
-from aioetl.engine.client.cli.main import DataOpt, EndpointOpt, _die, _human, console, out, parse_ais_url
 from aioetl.engine.client.cli.etl import _check, _http, etl_app
+from aioetl.engine.client.cli.main import DataOpt, EndpointOpt, _die, _human, console, out, parse_ais_url
 
 job_app = typer.Typer(help="List, inspect, wait for and stop jobs.", no_args_is_help=True)
 
@@ -52,8 +52,14 @@ def _sum_snaps(snaps: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 def watch(c: httpx.Client, xid: str, *, progress: bool = True, poll_s: float = 0.5) -> dict[str, Any]:
     """Poll the job until every target finished; draw a progress bar. Returns the summed stats."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     t0 = time.monotonic()
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -146,7 +152,7 @@ def etl_bucket(
     num_workers: int = typer.Option(0, "--num-workers", help="0 auto, -1 serial, N ceiling per target."),
     coer: bool = typer.Option(False, "--cont-on-err", help="Continue on per-object errors."),
     then: list[str] = PIPE, wait: bool = typer.Option(True, "--wait/--no-wait"),
-    endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt,
+    endpoint: str | None = EndpointOpt, data: str | None = DataOpt,
 ) -> None:
     """Transform every object of ais://SRC into ais://DST (created if missing)."""
     s, _ = parse_ais_url(src)
@@ -160,13 +166,13 @@ def etl_bucket(
 @etl_app.command("objects")
 def etl_objects(
     etl: str, src: str, dst: str,
-    names: Optional[str] = typer.Option(None, "--list", help="Comma-separated object names."),
-    template: Optional[str] = typer.Option(None, "--template", help="Brace range, e.g. 'img-{0000..0999}.png'."),
+    names: str | None = typer.Option(None, "--list", help="Comma-separated object names."),
+    template: str | None = typer.Option(None, "--template", help="Brace range, e.g. 'img-{0000..0999}.png'."),
     prepend: str = typer.Option("", "--prepend"), ext: list[str] = typer.Option([], "--ext"),
     dry_run: bool = typer.Option(False, "--dry-run"), num_workers: int = typer.Option(0, "--num-workers"),
     coer: bool = typer.Option(False, "--cont-on-err"), then: list[str] = PIPE,
     wait: bool = typer.Option(True, "--wait/--no-wait"),
-    endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt,
+    endpoint: str | None = EndpointOpt, data: str | None = DataOpt,
 ) -> None:
     """Transform a list or a template of objects of ais://SRC into ais://DST."""
     if bool(names) == bool(template):
@@ -184,7 +190,7 @@ def etl_objects(
 
 
 @job_app.command("ls")
-def job_ls(endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+def job_ls(endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """List jobs known to the targets (recent ones, running or finished)."""
     with _http(endpoint, data) as c:
         jobs = _check(c.get("/jobs")).json()
@@ -200,7 +206,7 @@ def job_ls(endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt)
 
 
 @job_app.command("show")
-def job_show(xid: str, endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+def job_show(xid: str, endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Per-target snapshots of a job."""
     with _http(endpoint, data) as c:
         snaps = _check(c.request("GET", "/cluster", params={"what": "qryxstats"}, json={"ID": xid})).json()
@@ -210,7 +216,7 @@ def job_show(xid: str, endpoint: Optional[str] = EndpointOpt, data: Optional[str
 
 
 @job_app.command("wait")
-def job_wait(xid: str, endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+def job_wait(xid: str, endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Wait for a job with a progress bar, then print the summary."""
     with _http(endpoint, data) as c:
         tot = watch(c, xid)
@@ -220,7 +226,7 @@ def job_wait(xid: str, endpoint: Optional[str] = EndpointOpt, data: Optional[str
 
 
 @job_app.command("stop")
-def job_stop(xid: str, endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+def job_stop(xid: str, endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Abort a job on every target."""
     with _http(endpoint, data) as c:
         _check(c.put("/cluster", json={"action": "stop", "name": "", "value": {"ID": xid, "Kind": ""}}))
@@ -228,8 +234,8 @@ def job_stop(xid: str, endpoint: Optional[str] = EndpointOpt, data: Optional[str
 
 
 @job_app.command("errors")
-def job_errors(xid: str, out_path: Optional[Path] = typer.Argument(None), endpoint: Optional[str] = EndpointOpt,
-               data: Optional[str] = DataOpt) -> None:
+def job_errors(xid: str, out_path: Path | None = typer.Argument(None), endpoint: str | None = EndpointOpt,
+               data: str | None = DataOpt) -> None:
     """Download the full per-object error report (JSON lines; every failure, past the cap of 128)."""
     with _http(endpoint, data) as c:
         body = _check(c.get(f"/jobs/{xid}/errors")).content

@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -34,12 +33,12 @@ out = Console()
 DEFAULT_DATA = os.environ.get("AIOETL_DATA", "./data")
 
 
-def _die(msg: str, code: int = 1) -> "typer.Exit":
+def _die(msg: str, code: int = 1) -> typer.Exit:
     console.print(f"[red]error:[/red] {msg}")
     return typer.Exit(code)
 
 
-def resolve_endpoint(endpoint: Optional[str], data: Optional[str]) -> str:
+def resolve_endpoint(endpoint: str | None, data: str | None) -> str:
     """Pick the gateway URL (see the module docstring)."""
     if endpoint:
         return endpoint.rstrip("/")
@@ -69,7 +68,7 @@ def parse_ais_url(url: str) -> tuple[str, str]:
 # -- cluster -------------------------------------------------------------------
 @cluster_app.command("up")
 def cluster_up(
-    targets: Optional[int] = typer.Option(None, "--targets", "-t", help="Number of targets (default 3, or the data root's)."),
+    targets: int | None = typer.Option(None, "--targets", "-t", help="Number of targets (default 3, or the data root's)."),
     data: str = typer.Option(DEFAULT_DATA, "--data", "-d", help="Data root."),
     port: int = typer.Option(8080, "--port", "-p", help="Gateway port (0 = any free port)."),
     mountpaths: int = typer.Option(1, "--mountpaths", help="Mountpaths per target (new data roots only)."),
@@ -124,7 +123,7 @@ def cluster_down(data: str = typer.Option(DEFAULT_DATA, "--data", "-d", help="Da
 
 
 @cluster_app.command("status")
-def cluster_status(endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+def cluster_status(endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Show nodes, their URLs and mountpath capacity."""
     import httpx
 
@@ -159,14 +158,14 @@ def _human(n: float) -> str:
 
 
 # -- buckets -------------------------------------------------------------------
-def _client(endpoint: Optional[str], data: Optional[str]):  # type: ignore[no-untyped-def]
+def _client(endpoint: str | None, data: str | None):  # type: ignore[no-untyped-def]
     from aioetl.engine.client.data import DataClient
 
     return DataClient(resolve_endpoint(endpoint, data))
 
 
 @bucket_app.command("create")
-def bucket_create(url: str, endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+def bucket_create(url: str, endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Create ais://BUCKET."""
     bck, _ = parse_ais_url(url)
     _run(_client(endpoint, data).create_bucket(bck))
@@ -174,7 +173,7 @@ def bucket_create(url: str, endpoint: Optional[str] = EndpointOpt, data: Optiona
 
 
 @bucket_app.command("rm")
-def bucket_rm(url: str, endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+def bucket_rm(url: str, endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Destroy ais://BUCKET and every object in it."""
     bck, _ = parse_ais_url(url)
     _run(_client(endpoint, data).destroy_bucket(bck))
@@ -182,7 +181,7 @@ def bucket_rm(url: str, endpoint: Optional[str] = EndpointOpt, data: Optional[st
 
 
 @bucket_app.command("ls")
-def bucket_ls(endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataOpt) -> None:
+def bucket_ls(endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """List buckets."""
     for name in _run(_client(endpoint, data).list_buckets()):
         out.print(f"ais://{name}")
@@ -192,8 +191,8 @@ def bucket_ls(endpoint: Optional[str] = EndpointOpt, data: Optional[str] = DataO
 def ls(
     url: str,
     prefix: str = typer.Option("", "--prefix", help="Only names starting with this."),
-    endpoint: Optional[str] = EndpointOpt,
-    data: Optional[str] = DataOpt,
+    endpoint: str | None = EndpointOpt,
+    data: str | None = DataOpt,
 ) -> None:
     """List objects of ais://BUCKET: name, size, version."""
     bck, obj_prefix = parse_ais_url(url)
@@ -213,8 +212,8 @@ def put(
     path: Path,
     url: str,
     concurrency: int = typer.Option(16, "--concurrency", "-c", help="Uploads in flight."),
-    endpoint: Optional[str] = EndpointOpt,
-    data: Optional[str] = DataOpt,
+    endpoint: str | None = EndpointOpt,
+    data: str | None = DataOpt,
 ) -> None:
     """Upload a file or a directory (recursively) to ais://BUCKET[/PREFIX]."""
     bck, prefix = parse_ais_url(url)
@@ -242,9 +241,9 @@ def put(
 @app.command("get")
 def get(
     url: str,
-    out_path: Optional[Path] = typer.Argument(None, help="Output file ('-' or omitted: stdout)."),
-    endpoint: Optional[str] = EndpointOpt,
-    data: Optional[str] = DataOpt,
+    out_path: Path | None = typer.Argument(None, help="Output file ('-' or omitted: stdout)."),
+    endpoint: str | None = EndpointOpt,
+    data: str | None = DataOpt,
 ) -> None:
     """Download ais://BUCKET/OBJECT to a file or stdout."""
     bck, obj = parse_ais_url(url)
