@@ -2,23 +2,45 @@
 
 ::
 
-    AioetlError                      root; carries the HTTP status it maps to
-    +-- ClientError (4xx)            the caller's mistake; never retried
-    |   +-- InvalidName              bucket/object/ETL name AIStore would reject (400)
-    |   +-- BadRequest               malformed body, bad query, bad range (400)
-    |   +-- NotFound                 bucket, object or ETL does not exist (404)
-    |   +-- AlreadyExists            bucket or ETL exists (409)
-    |   +-- Conflict                 concurrent or shape conflict, e.g. "a" vs "a/b" (409)
-    |   +-- RangeNotSatisfiable      Range outside the object (416)
-    +-- ServerError (5xx)            our fault or the machine's
-        +-- InsufficientStorage      disk full (507)
-        +-- NodeUnavailable          a peer target did not answer (503)
+    AioetlError                          root; carries the HTTP status it maps to
+    +-- TransientError (503)             marker: the same call may succeed if retried
+    +-- ClientError (4xx)                the caller's mistake; never retried
+    |   +-- RequestError (400)           the request itself is malformed
+    |   |   +-- InvalidName              bucket/object/ETL name AIStore would reject (400)
+    |   |   +-- BadRequest               malformed body, bad query, bad range (400)
+    |   |   +-- RangeNotSatisfiable      Range outside the object (416)
+    |   +-- NotFound                     bucket, object or ETL does not exist (404)
+    |   +-- AlreadyExists                bucket or ETL exists (409)
+    |   +-- Conflict                     concurrent or shape conflict, e.g. "a" vs "a/b" (409)
+    +-- ServerError (5xx)                our fault or the machine's
+        +-- StorageError (500)           a mountpath failed: read, write, rename, fsync
+        |   +-- InsufficientStorage      disk full (507)
+        +-- PeerError (502)              another node answered wrongly
+        |   +-- NodeUnavailable *        a peer target did not answer, or none is in the map (503)
+        +-- TransformError (500)         an ETL pod or the user's transform failed
+        |   +-- PodUnavailable *         a pod did not answer, or asked to be retried (503)
+        +-- XactionError (500)           a job (xaction) failed or ended in a bad state
+        +-- ConfigError (500)            a node's own configuration is unusable
+
+    * also a TransientError
+
+Retrying: a failure that may go away by itself is a :class:`TransientError`
+(``except TransientError`` / ``isinstance``); the classes marked ``*`` are.
+A new retryable failure inherits from its domain class *and* TransientError,
+domain first, so it keeps the domain's status::
+
+    class PodUnavailable(TransformError, TransientError): status = 503
+
+:func:`is_transient` also honours the older ``transient = True`` attribute that
+some errors carry (``communicators``), until those raise TransientError subclasses.
 
 Why the text matters: the aistore SDK classifies errors by the response *text*
 (``ais://bck`` vs ``ais://bck/obj``, "etl job") and status, not by JSON fields
 (``aistore/sdk/response_handler.py``), so messages follow the Go wording, e.g.
 ``bucket "ais://b" does not exist`` and ``object "ais://b/o" does not exist``.
 The body shape follows ``cmn/err.go`` ``ErrHTTP``.
+
+This module imports nothing else from aioetl, so every layer can use it.
 """
 
 from __future__ import annotations
@@ -31,15 +53,24 @@ __all__ = [
     "AlreadyExists",
     "BadRequest",
     "ClientError",
+    "ConfigError",
     "Conflict",
     "InsufficientStorage",
     "InvalidName",
     "NodeUnavailable",
     "NotFound",
+    "PeerError",
+    "PodUnavailable",
     "RangeNotSatisfiable",
+    "RequestError",
     "ServerError",
+    "StorageError",
+    "TransformError",
+    "TransientError",
+    "XactionError",
     "bck_not_found",
     "error_body",
+    "is_transient",
     "obj_not_found",
 ]
 
@@ -60,18 +91,41 @@ class AioetlError(Exception):
             self.status = status
 
 
+class TransientError(AioetlError):
+    """Marker: a failure that may go away if the same call is made again (503).
+
+    Catch it (``except TransientError``) or test it (``isinstance``) to decide on a
+    retry; a concrete error inherits from its failure domain first and from this
+    second (see the module docstring). Nothing raises a bare TransientError.
+    """
+
+    status = 503
+
+
 class ClientError(AioetlError):
     """A 4xx: the request cannot succeed as sent."""
 
     status = 400
 
 
-class InvalidName(ClientError):
+class RequestError(ClientError):
+    """The request itself is malformed: its names, body, query or headers (400)."""
+
+    status = 400
+
+
+class InvalidName(RequestError):
     """A bucket, object or ETL name that AIStore rejects (400)."""
 
 
-class BadRequest(ClientError):
+class BadRequest(RequestError):
     """Malformed JSON, unknown action, bad query parameter (400)."""
+
+
+class RangeNotSatisfiable(RequestError):
+    """A Range header outside the object (416)."""
+
+    status = 416
 
 
 class NotFound(ClientError):
@@ -92,28 +146,67 @@ class Conflict(ClientError):
     status = 409
 
 
-class RangeNotSatisfiable(ClientError):
-    """A Range header outside the object (416)."""
-
-    status = 416
-
-
 class ServerError(AioetlError):
     """A 5xx: the server failed; the SDK retries these."""
 
     status = 500
 
 
-class InsufficientStorage(ServerError):
+class StorageError(ServerError):
+    """A mountpath operation failed: read, write, rename or fsync (500)."""
+
+    status = 500
+
+
+class InsufficientStorage(StorageError):
     """Out of disk space on a mountpath (507, as AIStore answers)."""
 
     status = 507
 
 
-class NodeUnavailable(ServerError):
-    """A peer node could not be reached (503)."""
+class PeerError(ServerError):
+    """Another node of the cluster answered with an error or garbage (502)."""
+
+    status = 502
+
+
+class NodeUnavailable(PeerError, TransientError):
+    """A peer node could not be reached, or the map has no target for it (503; transient)."""
 
     status = 503
+
+
+class TransformError(ServerError):
+    """An ETL pod or the user's transform failed (500)."""
+
+    status = 500
+
+
+class PodUnavailable(TransformError, TransientError):
+    """A pod did not answer, or answered 503 asking to be retried (503; transient)."""
+
+    status = 503
+
+
+class XactionError(ServerError):
+    """A job (xaction) failed, or ended in a state it should not have (500)."""
+
+    status = 500
+
+
+class ConfigError(ServerError):
+    """A node's own configuration (flags, data root, secret, mountpaths) is unusable (500)."""
+
+    status = 500
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True if retrying the call that raised ``exc`` may succeed.
+
+    A :class:`TransientError`, or (until every caller raises one) any exception whose
+    ``transient`` attribute is ``True``.
+    """
+    return isinstance(exc, TransientError) or getattr(exc, "transient", False) is True
 
 
 def bck_not_found(bucket: str, provider: str = "ais") -> NotFound:
