@@ -5,6 +5,7 @@
     aioetl etl init image IMAGE --name NAME [--command "..."]
     aioetl etl ls | show NAME | logs NAME | stop NAME | start NAME | rm NAME
     aioetl etl object NAME ais://bck/obj [OUT] [--args ARGS]
+    aioetl etl bucket ... | objects ...     (offline jobs, defined in :mod:`.jobs`)
 """
 
 from __future__ import annotations
@@ -17,32 +18,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
 from rich.table import Table
 
-from aioetl.engine.client.cli.main import DataOpt, EndpointOpt, _die, console, out, parse_ais_url, resolve_endpoint
+from aioetl.engine.client.cli.common import (
+    DataOpt,
+    EndpointOpt,
+    check,
+    console,
+    http_client,
+    new_app,
+    out,
+    parse_ais_url,
+)
+from aioetl.engine.client.cli.jobs import etl_bucket, etl_objects
 
-etl_app = typer.Typer(help="Initialize, inspect and use ETLs.", no_args_is_help=True)
-init_app = typer.Typer(help="Initialize an ETL on every target.", no_args_is_help=True)
+etl_app = new_app("Initialize, inspect and use ETLs.")
+init_app = new_app("Initialize an ETL on every target.")
 etl_app.add_typer(init_app, name="init")
 
 COMM = typer.Option("hpush", "--comm-type", help="hpush, hpull or ws.")
 NAME = typer.Option(..., "--name", "-n", help="ETL name: 6-32 of [a-z0-9-].")
-
-
-def _http(endpoint: str | None, data: str | None) -> httpx.Client:
-    return httpx.Client(base_url=resolve_endpoint(endpoint, data) + "/v1", timeout=httpx.Timeout(600.0, connect=5.0))
-
-
-def _check(r: httpx.Response) -> httpx.Response:
-    if r.status_code >= 400:
-        try:
-            msg = r.json().get("message", r.text)
-        except ValueError:
-            msg = r.text
-        raise _die(f"{r.status_code}: {msg}")
-    return r
 
 
 def _base_msg(name: str, comm: str, init_timeout: str, obj_timeout: str, direct_put: bool) -> dict[str, Any]:
@@ -53,8 +49,8 @@ def _base_msg(name: str, comm: str, init_timeout: str, obj_timeout: str, direct_
 
 
 def _init(msg: dict[str, Any], endpoint: str | None, data: str | None) -> None:
-    with _http(endpoint, data) as c:
-        xid = _check(c.put("/etl", json=msg)).text
+    with http_client(endpoint, data) as c:
+        xid = check(c.put("/etl", json=msg)).text
     console.print(f"etl {msg['name']} running ({msg['communication']}), xaction {xid}")
 
 
@@ -107,7 +103,8 @@ def init_class(
     if direct_fqn:
         envs.append({"name": "ETL_DIRECT_FQN", "value": "true"})
     msg = _base_msg(name, comm, init_timeout, obj_timeout, direct_put)
-    msg["runtime"] = {"image": f"aistorage/runtime_python:{sys.version_info.major}.{sys.version_info.minor}", "env": envs}
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    msg["runtime"] = {"image": f"aistorage/runtime_python:{py}", "env": envs}
     _init(msg, endpoint, data)
 
 
@@ -141,8 +138,8 @@ def init_image(image: str, name: str = NAME, comm: str = COMM,
 @etl_app.command("ls")
 def etl_ls(endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """List ETLs with their stage and inline counters."""
-    with _http(endpoint, data) as c:
-        etls = _check(c.get("/etl")).json()
+    with http_client(endpoint, data) as c:
+        etls = check(c.get("/etl")).json()
     tbl = Table(box=None)
     for col in ("NAME", "STAGE", "XACTION", "OBJECTS", "IN", "OUT"):
         tbl.add_column(col)
@@ -155,8 +152,8 @@ def etl_ls(endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> No
 def etl_show(name: str, job: str = typer.Option("", "--job", help="Show the errors of this offline job."),
              endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Show an ETL's init message and per-object errors."""
-    with _http(endpoint, data) as c:
-        doc = _check(c.get(f"/etl/{name}", params={"uuid": job})).json()
+    with http_client(endpoint, data) as c:
+        doc = check(c.get(f"/etl/{name}", params={"uuid": job})).json()
     msg = dict(doc["init_msg"])
     for e in (msg.get("runtime") or {}).get("env") or []:
         if e.get("name") == "ETL_CLASS_PAYLOAD":
@@ -174,20 +171,20 @@ def etl_show(name: str, job: str = typer.Option("", "--job", help="Show the erro
 def etl_logs(name: str, target: str = typer.Option("", "--target", help="Only this target."),
              endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Print each pod's recent stdout/stderr."""
-    with _http(endpoint, data) as c:
-        docs = _check(c.get(f"/etl/{name}/logs" + (f"/{target}" if target else ""))).json()
+    with http_client(endpoint, data) as c:
+        docs = check(c.get(f"/etl/{name}/logs" + (f"/{target}" if target else ""))).json()
     for d in docs:
-        out.print(f"[bold]== {d['target_id']} ==")
+        out.print(f"== {d['target_id']} ==", style="bold")
         sys.stdout.write(base64.b64decode(d.get("logs", "")).decode(errors="replace"))
         sys.stdout.flush()
 
 
 def _post(name: str, verb: str, endpoint: str | None, data: str | None) -> None:
-    with _http(endpoint, data) as c:
+    with http_client(endpoint, data) as c:
         if verb == "rm":
-            _check(c.delete(f"/etl/{name}"))
+            check(c.delete(f"/etl/{name}"))
         else:
-            _check(c.post(f"/etl/{name}/{verb}"))
+            check(c.post(f"/etl/{name}/{verb}"))
     console.print(f"etl {name}: {verb} done")
 
 
@@ -220,11 +217,11 @@ def etl_object(name: str, url: str, out_path: Path | None = typer.Argument(None,
     params = {"etl_name": name}
     if args:
         params["etl_args"] = args
-    with _http(endpoint, data) as c:
+    with http_client(endpoint, data) as c:
         with c.stream("GET", f"/objects/{bck}/{obj}", params=params, follow_redirects=True) as r:
             if r.status_code >= 400:
                 r.read()
-                _check(r)
+                check(r)
             sink = open(out_path, "wb") if out_path else sys.stdout.buffer  # noqa: SIM115
             try:
                 for chunk in r.iter_bytes():
@@ -234,3 +231,8 @@ def etl_object(name: str, url: str, out_path: Path | None = typer.Argument(None,
                     sink.close()
                 else:
                     sink.flush()
+
+
+# the offline jobs are ETL commands too: ``aioetl etl bucket``, ``aioetl etl objects``
+etl_app.command("bucket")(etl_bucket)
+etl_app.command("objects")(etl_objects)

@@ -8,6 +8,9 @@
 Progress polls ``GET /v1/cluster?what=qryxstats`` (the SDK's ``get_details``) and
 sums every target's snapshot: objects and bytes done, rate, ETA against the
 totals the targets counted from their listings.
+
+:func:`etl_bucket` and :func:`etl_objects` are ``aioetl etl`` commands: :mod:`.etl`
+registers them on its app (this module does not import it, so there is no cycle).
 """
 
 from __future__ import annotations
@@ -22,10 +25,20 @@ import httpx
 import typer
 from rich.table import Table
 
-from aioetl.engine.client.cli.etl import _check, _http, etl_app
-from aioetl.engine.client.cli.main import DataOpt, EndpointOpt, _die, _human, console, out, parse_ais_url
+from aioetl.engine.client.cli.common import (
+    DataOpt,
+    EndpointOpt,
+    check,
+    console,
+    die,
+    http_client,
+    human,
+    new_app,
+    out,
+    parse_ais_url,
+)
 
-job_app = typer.Typer(help="List, inspect, wait for and stop jobs.", no_args_is_help=True)
+job_app = new_app("List, inspect, wait for and stop jobs.")
 
 
 def _sum_snaps(snaps: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -62,20 +75,20 @@ def watch(c: httpx.Client, xid: str, *, progress: bool = True, poll_s: float = 0
     )
 
     t0 = time.monotonic()
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[bytes]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=console, disable=not progress, transient=False)
+    bar = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[bytes]}", markup=False), TextColumn("{task.fields[rate]}", markup=False),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not progress, transient=False)
     task = bar.add_task(xid, total=None, bytes="", rate="")
     tot: dict[str, Any] = {}
     with bar:
         while True:
-            r = _check(c.request("GET", "/cluster", params={"what": "qryxstats"}, json={"ID": xid}))
+            r = check(c.request("GET", "/cluster", params={"what": "qryxstats"}, json={"ID": xid}))
             tot = _sum_snaps(r.json())
             dt = max(time.monotonic() - t0, 1e-6)
             total = tot["total-objs"] or None
             bar.update(task, completed=tot["done-objs"], total=total,
-                       bytes=f"{_human(tot['done-bytes'])}/{_human(tot['total-bytes']) if tot['total-bytes'] else '?'}",
-                       rate=f"{tot['done-objs'] / dt:.0f} obj/s {_human(tot['done-bytes'] / dt)}/s")
+                       bytes=f"{human(tot['done-bytes'])}/{human(tot['total-bytes']) if tot['total-bytes'] else '?'}",
+                       rate=f"{tot['done-objs'] / dt:.0f} obj/s {human(tot['done-bytes'] / dt)}/s")
             if tot["targets"] and not tot["running"]:
                 break
             time.sleep(poll_s)
@@ -91,21 +104,21 @@ def summary(xid: str, tot: dict[str, Any]) -> None:
     tbl.add_column(justify="right")
     tbl.add_column()
     tbl.add_row("objects", f"{tot['done-objs']} of {tot['total-objs'] or '?'} processed")
-    tbl.add_row("written locally", f"{tot['loc-objs']} objects, {_human(tot['loc-bytes'])}")
-    tbl.add_row("sent to peers", f"{tot['out-objs']} objects, {_human(tot['out-bytes'])}")
-    tbl.add_row("received", f"{tot['in-objs']} objects, {_human(tot['in-bytes'])}")
-    tbl.add_row("bytes in (source)", _human(tot["done-bytes"]))
-    tbl.add_row("bytes out", _human(tot["loc-bytes"] + tot["out-bytes"]))
+    tbl.add_row("written locally", f"{tot['loc-objs']} objects, {human(tot['loc-bytes'])}")
+    tbl.add_row("sent to peers", f"{tot['out-objs']} objects, {human(tot['out-bytes'])}")
+    tbl.add_row("received", f"{tot['in-objs']} objects, {human(tot['in-bytes'])}")
+    tbl.add_row("bytes in (source)", human(tot["done-bytes"]))
+    tbl.add_row("bytes out", human(tot["loc-bytes"] + tot["out-bytes"]))
     tbl.add_row("errors", str(tot["err-total"]))
     tbl.add_row("duration", f"{dt:.2f}s")
-    tbl.add_row("throughput", f"{tot['done-objs'] / dt:.1f} obj/s, {_human(tot['done-bytes'] / dt)}/s")
+    tbl.add_row("throughput", f"{tot['done-objs'] / dt:.1f} obj/s, {human(tot['done-bytes'] / dt)}/s")
     out.print(tbl)
     for e in tot["errs"][:5]:
-        console.print(f"[red]{e}")
+        console.print(e, style="red")
 
 
 def _start(c: httpx.Client, src: str, action: str, value: dict[str, Any], params: dict[str, str]) -> str:
-    return _check(c.post(f"/buckets/{src}", params={"provider": "ais", **params},
+    return check(c.post(f"/buckets/{src}", params={"provider": "ais", **params},
                          json={"action": action, "name": "", "value": value})).text
 
 
@@ -143,7 +156,6 @@ def _finish(c: httpx.Client, xid: str, wait: bool) -> None:
 PIPE = typer.Option([], "--then", help="Further ETLs of a pipeline, in order (repeatable).")
 
 
-@etl_app.command("bucket")
 def etl_bucket(
     etl: str, src: str, dst: str,
     prefix: str = typer.Option("", "--prefix"), prepend: str = typer.Option("", "--prepend"),
@@ -157,13 +169,12 @@ def etl_bucket(
     """Transform every object of ais://SRC into ais://DST (created if missing)."""
     s, _ = parse_ais_url(src)
     d, _ = parse_ais_url(dst)
-    with _http(endpoint, data) as c:
+    with http_client(endpoint, data) as c:
         xid = _start(c, s, "etl-bck", _common(prefix, prepend, ext, dry_run, num_workers, coer, etl, then),
                      {"bck_to": f"ais/@#/{d}/"})
         _finish(c, xid, wait)
 
 
-@etl_app.command("objects")
 def etl_objects(
     etl: str, src: str, dst: str,
     names: str | None = typer.Option(None, "--list", help="Comma-separated object names."),
@@ -185,15 +196,15 @@ def etl_objects(
         v["objnames"] = [n for n in names.split(",") if n]
     else:
         v["template"] = template
-    with _http(endpoint, data) as c:
+    with http_client(endpoint, data) as c:
         _finish(c, _start(c, s, "etl-listrange", v, {}), wait)
 
 
 @job_app.command("ls")
 def job_ls(endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """List jobs known to the targets (recent ones, running or finished)."""
-    with _http(endpoint, data) as c:
-        jobs = _check(c.get("/jobs")).json()
+    with http_client(endpoint, data) as c:
+        jobs = check(c.get("/jobs")).json()
     tbl = Table(box=None)
     for col in ("ID", "KIND", "SRC", "DST", "STATE", "LOC", "OUT", "IN", "ERR"):
         tbl.add_column(col)
@@ -208,17 +219,17 @@ def job_ls(endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> No
 @job_app.command("show")
 def job_show(xid: str, endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Per-target snapshots of a job."""
-    with _http(endpoint, data) as c:
-        snaps = _check(c.request("GET", "/cluster", params={"what": "qryxstats"}, json={"ID": xid})).json()
+    with http_client(endpoint, data) as c:
+        snaps = check(c.request("GET", "/cluster", params={"what": "qryxstats"}, json={"ID": xid})).json()
     if not any(snaps.values()):
-        raise _die(f"job {xid} not found")
+        raise die(f"job {xid} not found")
     out.print_json(json.dumps(snaps))
 
 
 @job_app.command("wait")
 def job_wait(xid: str, endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Wait for a job with a progress bar, then print the summary."""
-    with _http(endpoint, data) as c:
+    with http_client(endpoint, data) as c:
         tot = watch(c, xid)
     summary(xid, tot)
     if tot["aborted"] or tot["err-total"]:
@@ -228,8 +239,8 @@ def job_wait(xid: str, endpoint: str | None = EndpointOpt, data: str | None = Da
 @job_app.command("stop")
 def job_stop(xid: str, endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
     """Abort a job on every target."""
-    with _http(endpoint, data) as c:
-        _check(c.put("/cluster", json={"action": "stop", "name": "", "value": {"ID": xid, "Kind": ""}}))
+    with http_client(endpoint, data) as c:
+        check(c.put("/cluster", json={"action": "stop", "name": "", "value": {"ID": xid, "Kind": ""}}))
     console.print(f"job {xid} stopped")
 
 
@@ -237,8 +248,8 @@ def job_stop(xid: str, endpoint: str | None = EndpointOpt, data: str | None = Da
 def job_errors(xid: str, out_path: Path | None = typer.Argument(None), endpoint: str | None = EndpointOpt,
                data: str | None = DataOpt) -> None:
     """Download the full per-object error report (JSON lines; every failure, past the cap of 128)."""
-    with _http(endpoint, data) as c:
-        body = _check(c.get(f"/jobs/{xid}/errors")).content
+    with http_client(endpoint, data) as c:
+        body = check(c.get(f"/jobs/{xid}/errors")).content
     if out_path:
         out_path.write_bytes(body)
         console.print(f"{body.count(b'{')} errors written to {out_path}")
