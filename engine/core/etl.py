@@ -12,19 +12,37 @@ An ETL is defined by the JSON body of ``PUT /v1/etl`` (AIStore ``ext/etl/api.go`
 
 The stored message is returned verbatim by ``view()``. :class:`EtlSpec` is the
 normalized form the pod runtimes use.
+
+An ETL's stage (etlMD's ``stage``, a target's per-ETL ``stage``, the SDK's
+``ETL_STAGE_*`` in ``aistore/sdk/etl/etl_const.py``) is an :class:`EtlStage`; it
+changes only along :data:`TRANSITIONS`::
+
+                    init                   ready
+    (new) ---------------------> Initializing -----> Running
+                                  ^   |  ^  join       |
+                 init (start,     |   |  +-------------+
+                 restart)         |   | fail, stop     | fail, stop
+                                  |   v                v
+                                  Aborted <------------+      (stop: Aborted -> Aborted)
+
+:func:`next_stage` (by event) and :func:`check_transition` (by target stage) are
+the one place a move is judged; both raise :class:`IllegalStageTransition`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import yaml
 
-from aioetl.errors import BadRequest, InvalidName
+from aioetl.errors import BadRequest, Conflict, InvalidName
 from aioetl.xactions.duration import parse_duration_s
 
 __all__ = [
@@ -32,9 +50,15 @@ __all__ = [
     "STAGE_ABORTED",
     "STAGE_INITIALIZING",
     "STAGE_RUNNING",
+    "TRANSITIONS",
+    "EtlEvent",
     "EtlSpec",
+    "EtlStage",
+    "IllegalStageTransition",
+    "check_transition",
     "etl_not_found",
     "load_spec_yaml",
+    "next_stage",
     "parse_duration_s",
     "parse_init_msg",
     "validate_etl_name",
@@ -43,9 +67,120 @@ __all__ = [
 HPUSH, HPULL, WS = "hpush://", "hpull://", "ws://"
 COMM_TYPES = (HPUSH, HPULL, WS)
 
-STAGE_INITIALIZING = "Initializing"
-STAGE_RUNNING = "Running"
-STAGE_ABORTED = "Aborted"
+
+
+class EtlStage(enum.StrEnum):
+    """The stage of an ETL, as AIStore's API and the SDK spell it on the wire.
+
+    A ``str`` enum: members compare equal to, hash like, and JSON-encode as the
+    plain strings (``EtlStage.RUNNING == "Running"``), so etlMD files and replies
+    keep their format and a stage read back from JSON compares with a member.
+    """
+
+    INITIALIZING = "Initializing"
+    """Pods are being started on some target (new, started, or a target (re)joined)."""
+    RUNNING = "Running"
+    """Every target has a ready pod; inline and offline transforms are served."""
+    ABORTED = "Aborted"
+    """Stopped by the user, or a pod failed; ``start`` initializes it again."""
+
+
+class EtlEvent(enum.StrEnum):
+    """What happened to an ETL; with its stage, it decides the next stage."""
+
+    INIT = "init"
+    """Start pods on every target: a new ETL, ``start``, or a restart after boot."""
+    READY = "ready"
+    """Every pod being started is ready."""
+    JOIN = "join"
+    """A target (re)joined the cluster and its pod is being started."""
+    FAIL = "fail"
+    """An init failed or was interrupted, a pod died, or the node restarted under it."""
+    STOP = "stop"
+    """The user stopped or deleted it (idempotent)."""
+
+
+# Old names, kept so existing callers keep working: they *are* the enum members
+# (``STAGE_RUNNING is EtlStage.RUNNING``). New code should use EtlStage directly.
+STAGE_INITIALIZING = EtlStage.INITIALIZING
+STAGE_RUNNING = EtlStage.RUNNING
+STAGE_ABORTED = EtlStage.ABORTED
+
+_I, _R, _A = EtlStage.INITIALIZING, EtlStage.RUNNING, EtlStage.ABORTED
+TRANSITIONS: Mapping[tuple[EtlStage | None, EtlEvent], EtlStage] = MappingProxyType({
+    (None, EtlEvent.INIT): _I,
+    (_I, EtlEvent.INIT): _I,  # a new ETL's first init (etlMD holds it Initializing already)
+    (_A, EtlEvent.INIT): _I,
+    (_I, EtlEvent.READY): _R,
+    (_I, EtlEvent.JOIN): _I,
+    (_R, EtlEvent.JOIN): _I,
+    (_I, EtlEvent.FAIL): _A,
+    (_R, EtlEvent.FAIL): _A,
+    (_I, EtlEvent.STOP): _A,
+    (_R, EtlEvent.STOP): _A,
+    (_A, EtlEvent.STOP): _A,
+})
+"""Every legal move: ``(stage or None for an ETL not yet in etlMD, event) -> next stage``."""
+del _I, _R, _A
+
+_LEGAL_PAIRS = frozenset((frm, to) for (frm, _ev), to in TRANSITIONS.items())
+
+
+class IllegalStageTransition(Conflict):
+    """A stage change :data:`TRANSITIONS` does not allow (409: the ETL's current stage
+    forbids it, e.g. starting a Running ETL)."""
+
+
+def _stage(value: EtlStage | str) -> EtlStage:
+    try:
+        return EtlStage(value)
+    except ValueError:
+        raise IllegalStageTransition(f"unknown ETL stage {str(value)[:64]!r}") from None
+
+
+def next_stage(current: EtlStage | str | None, event: EtlEvent | str) -> EtlStage:
+    """The stage an ETL in ``current`` moves to on ``event`` (pure).
+
+    Args:
+        current: the stage now; a plain wire string is accepted; ``None`` for an
+            ETL that etlMD does not hold yet.
+        event: what happened (an :class:`EtlEvent` or its value).
+
+    Returns:
+        the next stage.
+
+    Raises:
+        IllegalStageTransition: the move is not in :data:`TRANSITIONS`, or
+            ``current``/``event`` is not a known stage/event.
+    """
+    frm = None if current is None else _stage(current)
+    try:
+        ev = EtlEvent(event)
+    except ValueError:
+        raise IllegalStageTransition(f"unknown ETL event {str(event)[:64]!r}") from None
+    to = TRANSITIONS.get((frm, ev))
+    if to is None:
+        raise IllegalStageTransition(f"ETL stage {frm.value if frm else '(new)'} does not allow {ev.value}")
+    return to
+
+
+def check_transition(current: EtlStage | str | None, to: EtlStage | str) -> EtlStage:
+    """Check that some event moves an ETL from ``current`` to ``to`` (pure).
+
+    For callers that assign stages directly: ``e["stage"] = check_transition(e["stage"], EtlStage.RUNNING)``.
+
+    Returns:
+        ``to`` as an :class:`EtlStage`.
+
+    Raises:
+        IllegalStageTransition: no event of :data:`TRANSITIONS` makes that move, or
+            either stage is unknown.
+    """
+    frm, dst = None if current is None else _stage(current), _stage(to)
+    if (frm, dst) not in _LEGAL_PAIRS:
+        raise IllegalStageTransition(f"ETL stage {frm.value if frm else '(new)'} -> {dst.value} is not allowed")
+    return dst
+
 
 DEFAULT_INIT_TIMEOUT_S = 45.0  # Go default when omitted (ext/etl/api.go)
 DEFAULT_OBJ_TIMEOUT_S = 10.0
@@ -242,7 +377,9 @@ def parse_init_msg(msg: Any) -> EtlSpec:
     name = validate_etl_name(msg.get("name", ""))
     comm = msg.get("communication") or HPUSH
     if comm not in COMM_TYPES:
-        raise BadRequest(f'etl job "{name}": unknown communication type "{comm}" (expected one of {", ".join(COMM_TYPES)})')
+        raise BadRequest(
+            f'etl job "{name}": unknown communication type "{comm}" (expected one of {", ".join(COMM_TYPES)})'
+        )
     direct_put = bool(msg.get("support_direct_put", False))
     if msg.get("spec"):
         image, command, env, ann = _from_pod_spec(msg["spec"])
@@ -260,7 +397,9 @@ def parse_init_msg(msg: Any) -> EtlSpec:
             raise BadRequest(f'etl job "{name}": runtime.command must be a list of strings')
         env = _parse_env(rt.get("env"))
     else:
-        raise BadRequest(f'etl job "{name}": the init message needs "runtime" (image, command, env) or "spec" (pod YAML)')
+        raise BadRequest(
+            f'etl job "{name}": the init message needs "runtime" (image, command, env) or "spec" (pod YAML)'
+        )
     if comm == WS and not direct_put:
         raise BadRequest(f'etl job "{name}": WebSocket without direct put is not supported (set support_direct_put)')
     return EtlSpec(
