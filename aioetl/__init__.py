@@ -41,7 +41,19 @@ _EXPORTS = {
     "AioetlError": "aioetl.errors",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+# spelled out (not computed from _EXPORTS) so that linters and type checkers see the
+# names the TYPE_CHECKING block re-exports; tests/test_exports.py keeps the two equal
+__all__ = [
+    "AioetlError",
+    "AiohttpServer",
+    "ClientError",
+    "ClusterError",
+    "DataClient",
+    "ETLServer",
+    "FastAPIServer",
+    "LocalCluster",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from aioetl.communicators.pod.aiohttp_server import AiohttpServer

@@ -20,16 +20,24 @@ import msgspec
 
 from aioetl.engine.core.names import make_uname
 from aioetl.engine.core.smap import Smap
+from aioetl.errors import AioetlError
 
 __all__ = ["ClientError", "DataClient"]
 
 
-class ClientError(RuntimeError):
-    """A request failed; the message carries the server's text and status."""
+class ClientError(AioetlError, RuntimeError):
+    """A request failed; the message carries the server's text and status.
+
+    Under :class:`aioetl.AioetlError` like every error aioetl raises (and still a
+    ``RuntimeError``, as it was). Not :class:`aioetl.errors.ClientError`, the
+    server's 4xx class: this one is the client's view of any failed request.
+
+    Attributes:
+        status: the HTTP status received, or 0 when the gateway or target could not be reached.
+    """
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
+        super().__init__(f"{status}: {message}", status=status)
 
 
 def _message(body: bytes) -> str:
@@ -114,9 +122,10 @@ class DataClient:
             ``(bytes uploaded, [(name, error), ...])``; errors do not stop the rest.
         """
         files = list(files)
-        total = sum(p.stat().st_size for p, _ in files)
+        total_bytes = sum(p.stat().st_size for p, _ in files)
         errors: list[tuple[str, str]] = []
         done_bytes = 0
+        done_files = 0
         sem = asyncio.Semaphore(concurrency)
         prog = None
         task_id = None
@@ -124,23 +133,25 @@ class DataClient:
             from rich.progress import (
                 BarColumn,
                 DownloadColumn,
-                MofNCompleteColumn,
                 Progress,
+                TextColumn,
                 TimeRemainingColumn,
                 TransferSpeedColumn,
             )
 
-            prog = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            # the bar counts bytes (so the download and speed columns are right); files are a field
+            prog = Progress(TextColumn("{task.description} {task.fields[files]}", markup=False), BarColumn(),
                             DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
                             transient=False, disable=not sys.stderr.isatty())
-            task_id = prog.add_task("put", total=len(files))
+            task_id = prog.add_task("put", total=total_bytes, files=f"0/{len(files)}")
         conn = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(timeout=self.timeout, connector=conn) as s:
             await self.smap(s)
 
             async def one(path: Path, name: str) -> None:
-                nonlocal done_bytes
+                nonlocal done_bytes, done_files
                 async with sem:
+                    size = 0
                     try:
                         url = await self._owner_url(s, bck, name)
                         size = path.stat().st_size
@@ -151,8 +162,9 @@ class DataClient:
                         done_bytes += size
                     except (ClientError, aiohttp.ClientError, OSError) as e:
                         errors.append((name, str(e)))
+                    done_files += 1
                     if prog is not None and task_id is not None:
-                        prog.advance(task_id)
+                        prog.update(task_id, advance=size, files=f"{done_files}/{len(files)}")
 
             if prog is not None:
                 prog.start()
@@ -161,7 +173,6 @@ class DataClient:
             finally:
                 if prog is not None:
                     prog.stop()
-        del total
         return done_bytes, errors
 
     async def get_bytes(self, bck: str, obj: str) -> bytes:
