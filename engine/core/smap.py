@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import xxhash
 
@@ -31,6 +31,8 @@ _GOLDEN = 0x9E3779B97F4A7C15
 _C1 = 0xBF58476D1CE4E5B9
 _C2 = 0x94D049BB133111EB
 _ROT = 7
+
+_T = TypeVar("_T")
 
 
 def digest(name: str) -> int:
@@ -51,7 +53,7 @@ def xoshiro256(seed: int) -> int:
     return (rotated * 9) & _MASK
 
 
-def hrw_pick(name_digest: int, node_digests: Iterable[tuple[int, Any]]) -> Any:
+def hrw_pick(name_digest: int, node_digests: Iterable[tuple[int, _T]]) -> _T:
     """Return the item whose ``xoshiro256(node_digest ^ name_digest)`` is largest.
 
     Args:
@@ -61,14 +63,14 @@ def hrw_pick(name_digest: int, node_digests: Iterable[tuple[int, Any]]) -> Any:
     Raises:
         NodeUnavailable: no candidates.
     """
-    best, best_w = None, -1
+    best: tuple[int, _T] | None = None
     for nd, item in node_digests:
         w = xoshiro256(nd ^ name_digest)
-        if w > best_w:
-            best, best_w = item, w
+        if best is None or w > best[0]:
+            best = (w, item)
     if best is None:
         raise NodeUnavailable("no targets in the cluster map")
-    return best
+    return best[1]
 
 
 @dataclass

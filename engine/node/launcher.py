@@ -75,7 +75,7 @@ def _is_our_node(pid: int, data_dir: str) -> bool:
 def running_nodes(data_dir: str) -> list[dict[str, Any]]:
     """Ready files of nodes of ``data_dir`` whose process is alive and ours."""
     run = os.path.join(data_dir, "run")
-    out = []
+    out: list[dict[str, Any]] = []
     if not os.path.isdir(run):
         return out
     for f in sorted(os.listdir(run)):
