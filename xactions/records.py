@@ -22,6 +22,9 @@ AIStore keeps no such records (its xactions live in memory, ``xact/xreg``);
 after a restart AIStore answers ``404`` for a job the restarted nodes ran.
 aioetl keeps them so ``job.wait()`` ends with a clear failure instead.
 
+The file's shape is :class:`RecordFile` (a msgspec Struct: decoding checks it);
+the in-memory record is :class:`JobRecord`.
+
 This module imports nothing else from aioetl (``xactions`` is a leaf package).
 """
 
@@ -30,12 +33,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from aioetl.xactions.xact import rfc3339
 
-__all__ = ["RECORD_VERSION", "JobRecord", "JobRecords", "atomic_write_json", "restart_reason"]
+__all__ = ["RECORD_VERSION", "JobRecord", "JobRecords", "RecordFile", "atomic_write_json", "restart_reason"]
 
 RECORD_VERSION = 1
 _RUNNING_STATES = ("created", "running", "draining")
@@ -113,8 +117,33 @@ def mark_restarted(snap: dict[str, Any], node_id: str, now_ns: int | None = None
     return out
 
 
-@dataclass
-class JobRecord:
+class RecordFile(msgspec.Struct):
+    """The JSON document of one record file, field for field and in file order::
+
+        {"version": 1, "xid": "...", "node": "t-1a2b3c", "saved_ns": 1732..., "msg": {...}, "snap": {...}}
+
+    Decoding is lenient where older or hand-edited files may differ (``msg`` and
+    ``saved_ns`` may be null or missing, numbers may be strings) and strict where
+    the record is useless otherwise (``snap`` must be an object).
+    """
+
+    snap: dict[str, Any]
+    version: int = RECORD_VERSION
+    xid: str = ""
+    node: str | None = None
+    saved_ns: int | None = None
+    msg: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The document, keys in the order they are written."""
+        return {"version": self.version, "xid": self.xid, "node": self.node, "saved_ns": self.saved_ns,
+                "msg": self.msg, "snap": self.snap}
+
+
+_RECORD_DECODER = msgspec.json.Decoder(RecordFile, strict=False)
+
+
+class JobRecord(msgspec.Struct):
     """One node's record of one job.
 
     Attributes:
@@ -123,7 +152,8 @@ class JobRecord:
         snap: the last ``qryxstats`` snapshot (after a restart: marked aborted).
         msg: the job message.
         saved_ns: when the record was last written (``time.time_ns()``).
-        restarted: True if :meth:`JobRecords.load_all` found it running and marked it aborted.
+        restarted: True if :meth:`JobRecords.load_all` found it running and marked it
+            aborted (in memory only: not written to the file).
     """
 
     xid: str
@@ -133,10 +163,21 @@ class JobRecord:
     saved_ns: int
     restarted: bool = False
 
+    def to_file(self) -> RecordFile:
+        """The file's document as a struct."""
+        return RecordFile(snap=self.snap, version=RECORD_VERSION, xid=self.xid, node=self.node_id,
+                          saved_ns=self.saved_ns, msg=self.msg)
+
     def to_json(self) -> dict[str, Any]:
         """The file's JSON document."""
-        return {"version": RECORD_VERSION, "xid": self.xid, "node": self.node_id, "saved_ns": self.saved_ns,
-                "msg": self.msg, "snap": self.snap}
+        return self.to_file().to_json()
+
+    @classmethod
+    def from_file(cls, doc: RecordFile, *, xid: str, node_id: str) -> JobRecord:
+        """A record from a decoded file; ``xid`` is the directory's, ``node_id`` the
+        fallback for a file that names no node."""
+        return cls(xid=xid, node_id=doc.node or node_id, snap=doc.snap,
+                   msg=doc.msg if isinstance(doc.msg, dict) else {}, saved_ns=doc.saved_ns or 0)
 
 
 class JobRecords:
@@ -181,15 +222,11 @@ class JobRecords:
     def load(self, xid: str) -> JobRecord | None:
         """The record of ``xid`` as stored (no restart marking), or None if absent or unreadable."""
         try:
-            with open(self.path(xid)) as f:
-                doc = json.load(f)
-        except (OSError, ValueError):
+            with open(self.path(xid), "rb") as f:
+                doc = _RECORD_DECODER.decode(f.read())
+        except (OSError, ValueError, msgspec.DecodeError):
             return None
-        if not isinstance(doc, dict) or not isinstance(doc.get("snap"), dict):
-            return None
-        return JobRecord(xid=xid, node_id=str(doc.get("node") or self.node_id), snap=doc["snap"],
-                         msg=doc.get("msg") if isinstance(doc.get("msg"), dict) else {},
-                         saved_ns=int(doc.get("saved_ns") or 0))
+        return JobRecord.from_file(doc, xid=xid, node_id=self.node_id)
 
     def load_all(self, *, mark_running: bool = True) -> dict[str, JobRecord]:
         """Every record of this node, by job id. Call once at start-up.

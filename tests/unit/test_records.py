@@ -5,9 +5,18 @@ from __future__ import annotations
 import json
 import os
 
+import msgspec
 import pytest
 
-from aioetl.xactions.records import JobRecords, atomic_write_json, mark_restarted, restart_reason, snap_running
+from aioetl.xactions.records import (
+    JobRecord,
+    JobRecords,
+    RecordFile,
+    atomic_write_json,
+    mark_restarted,
+    restart_reason,
+    snap_running,
+)
 from aioetl.xactions.tcb import ETL_BCK, TcbMsg
 from aioetl.xactions.xact import GO_ZERO_TIME, State, Xaction
 
@@ -96,7 +105,8 @@ def test_atomic_write_keeps_the_old_record_when_the_write_fails(tmp_path) -> Non
     atomic_write_json(path, {"v": 1})
     with pytest.raises(TypeError):
         atomic_write_json(path, {"v": object()})  # not JSON: fails mid-write
-    assert json.loads(open(path).read()) == {"v": 1}
+    with open(path) as f:
+        assert json.load(f) == {"v": 1}
     assert os.listdir(tmp_path) == ["r.json"], "the temp file is removed"
 
 
@@ -112,3 +122,74 @@ def test_snap_running_and_mark_restarted_are_pure() -> None:
     assert not snap_running(x.snap())
     assert not snap_running({"is_idle": True})
     assert snap_running({"is_idle": False})
+
+
+# A record file exactly as the dataclass version of JobRecord wrote it (json.dump,
+# compact separators, keys in this order): the typed record must read it and write
+# it back byte for byte.
+FILE_V1 = (
+    b'{"version":1,"xid":"AbCdEfGh1","node":"t-aaa","saved_ns":1732000000000000000,'
+    b'"msg":{"id":"e","prefix":"p/","\\u00e9t\\u00e9":[1,2.5,null,true]},'
+    b'"snap":{"id":"AbCdEfGh1","kind":"etl-bck","state":"finished","is_idle":true,"aborted":false,'
+    b'"stats":{"loc-objs":"3"}}}'
+)
+
+
+def test_record_file_round_trips_byte_for_byte(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    d = tmp_path / "jobs" / "AbCdEfGh1"
+    d.mkdir(parents=True)
+    (d / "t-aaa.json").write_bytes(FILE_V1)
+    rec = JobRecords(str(tmp_path), "t-aaa", fsync=False).load("AbCdEfGh1")
+    assert isinstance(rec, JobRecord)
+    assert rec.xid == "AbCdEfGh1" and rec.node_id == "t-aaa" and rec.saved_ns == 1732000000000000000
+    assert rec.msg == {"id": "e", "prefix": "p/", "\u00e9t\u00e9": [1, 2.5, None, True]}
+    assert rec.snap["state"] == "finished" and not rec.restarted
+    assert rec.to_json() == json.loads(FILE_V1)
+    assert list(rec.to_json()) == ["version", "xid", "node", "saved_ns", "msg", "snap"]
+    out = tmp_path / "again.json"
+    atomic_write_json(str(out), rec.to_json(), fsync=False)
+    assert out.read_bytes() == FILE_V1
+    # and through the struct codec: the same document
+    assert json.loads(msgspec.json.encode(rec.to_file())) == json.loads(FILE_V1)
+
+
+def test_restarted_is_not_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rec = JobRecord("j", "t-aaa", {"id": "j"}, {}, 5, restarted=True)  # positional, as the dataclass took
+    assert "restarted" not in rec.to_json()
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        (b'{"snap":{"id":"j"}}', ("t-aaa", {}, 0)),  # only the snapshot: node and msg fall back
+        (b'{"snap":{"id":"j"},"node":null,"msg":null,"saved_ns":null}', ("t-aaa", {}, 0)),
+        (b'{"snap":{"id":"j"},"node":"t-bbb","msg":[1],"saved_ns":"12"}', ("t-bbb", {}, 12)),
+        (b'{"snap":{"id":"j"},"node":"","msg":{"a":1},"saved_ns":7,"extra":1}', ("t-aaa", {"a": 1}, 7)),
+    ],
+)
+def test_lenient_where_old_files_differ(tmp_path, text: bytes, want: tuple[str, dict[str, int], int]) -> None:  # type: ignore[no-untyped-def]
+    d = tmp_path / "jobs" / "j"
+    d.mkdir(parents=True)
+    (d / "t-aaa.json").write_bytes(text)
+    rec = JobRecords(str(tmp_path), "t-aaa", fsync=False).load("j")
+    assert rec is not None and (rec.node_id, rec.msg, rec.saved_ns) == want
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"", b"[]", b"null", b'{"snap":null}', b'{"snap":[1]}', b'{"msg":{}}', b'{"snap":{},"saved_ns":"x"}',
+     b'{"snap":{},"saved_ns":1.5}', b'{"snap":'],
+)
+def test_unusable_files_are_skipped_not_raised(tmp_path, text: bytes) -> None:  # type: ignore[no-untyped-def]
+    d = tmp_path / "jobs" / "j"
+    d.mkdir(parents=True)
+    (d / "t-aaa.json").write_bytes(text)
+    recs = JobRecords(str(tmp_path), "t-aaa", fsync=False)
+    assert recs.load("j") is None
+    assert recs.load_all() == {}
+
+
+def test_record_file_defaults() -> None:
+    doc = RecordFile(snap={})
+    assert doc.version == 1 and doc.to_json() == {"version": 1, "xid": "", "node": None, "saved_ns": None,
+                                                  "msg": None, "snap": {}}
