@@ -28,10 +28,52 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from aioetl.engine.node.auth import ENV_SECRET, SECRET_FILE, load_or_create_secret
 
-__all__ = ["ClusterError", "LocalCluster", "NodeProc", "running_nodes", "stop_running"]
+__all__ = ["ClusterError", "ClusterLayout", "LocalCluster", "NodeProc", "ReadyFile", "running_nodes", "stop_running"]
 
+
+class ReadyFile(msgspec.Struct):
+    """``<data>/run/<node>.json``, which a node writes (atomically) once it serves:
+    ``{"pid": 1234, "url": "http://127.0.0.1:51234", "node_id": "t-ab12cd"}``."""
+
+    pid: int
+    url: str
+    node_id: str = ""
+
+
+_READY_DECODER = msgspec.json.Decoder(ReadyFile)
+
+
+class GatewayLayout(msgspec.Struct):
+    id: str
+
+
+class TargetLayout(msgspec.Struct):
+    id: str
+    mountpaths: list[str]
+    """Relative to the data root."""
+
+
+class ClusterLayout(msgspec.Struct):
+    """``<data>/cluster.json``: the node ids and mountpaths, fixed when the data root is made::
+
+        {"gateway": {"id": "p-ab12cd"}, "targets": [{"id": "t-12ab34", "mountpaths": ["targets/t-12ab34/mp0"]}]}
+    """
+
+    gateway: GatewayLayout
+    targets: list[TargetLayout]
+
+
+def _read_ready(path: str) -> ReadyFile | None:
+    """The ready file at ``path``, or None if it is missing, torn or not a ready file."""
+    try:
+        with open(path, "rb") as f:
+            return _READY_DECODER.decode(f.read())
+    except (OSError, msgspec.DecodeError):
+        return None
 
 
 class ClusterError(RuntimeError):
@@ -73,7 +115,12 @@ def _is_our_node(pid: int, data_dir: str) -> bool:
 
 
 def running_nodes(data_dir: str) -> list[dict[str, Any]]:
-    """Ready files of nodes of ``data_dir`` whose process is alive and ours."""
+    """Ready files of nodes of ``data_dir`` whose process is alive and ours.
+
+    Returns:
+        ``[{"pid", "url", "node_id"}]`` (:class:`ReadyFile` as a dict; ``node_id`` from
+        the file name when the file has none); unreadable files are skipped.
+    """
     run = os.path.join(data_dir, "run")
     out: list[dict[str, Any]] = []
     if not os.path.isdir(run):
@@ -81,13 +128,11 @@ def running_nodes(data_dir: str) -> list[dict[str, Any]]:
     for f in sorted(os.listdir(run)):
         if not f.endswith(".json") or f.startswith("."):
             continue
-        try:
-            with open(os.path.join(run, f)) as fh:
-                doc = json.load(fh)
-        except (OSError, json.JSONDecodeError):
+        rf = _read_ready(os.path.join(run, f))
+        if rf is None or rf.pid <= 0:
             continue
-        if _pid_alive(int(doc["pid"])) and _is_our_node(int(doc["pid"]), data_dir):
-            out.append(doc)
+        if _pid_alive(rf.pid) and _is_our_node(rf.pid, data_dir):
+            out.append({"pid": rf.pid, "url": rf.url, "node_id": rf.node_id or f.removesuffix(".json")})
     return out
 
 
@@ -166,12 +211,17 @@ class LocalCluster:
         self.targets: list[NodeProc] = []
 
     # -- layout ------------------------------------------------------------
-    def _layout(self) -> dict[str, Any]:
+    def _layout(self) -> ClusterLayout:
         path = os.path.join(self.data_dir, "cluster.json")
         if os.path.exists(path):
-            with open(path) as f:
-                layout: dict[str, Any] = json.load(f)
-            have = len(layout["targets"])
+            with open(path, "rb") as f:
+                raw = f.read()
+            try:
+                layout = msgspec.json.decode(raw, type=ClusterLayout)
+            except msgspec.DecodeError as e:
+                raise ClusterError(f"{path} is not a cluster layout ({e}); move it away or use another --data"
+                                   ) from None
+            have = len(layout.targets)
             if self.want_targets is not None and self.want_targets != have:
                 raise ClusterError(
                     f"{self.data_dir} holds a cluster of {have} targets; asked for {self.want_targets}. "
@@ -181,18 +231,15 @@ class LocalCluster:
         n = 3 if self.want_targets is None else self.want_targets
         if n < 1:
             raise ClusterError("a cluster needs at least one target")
-        layout = {
-            "gateway": {"id": f"p-{secrets.token_hex(3)}"},
-            "targets": [],
-        }
+        layout = ClusterLayout(gateway=GatewayLayout(id=f"p-{secrets.token_hex(3)}"), targets=[])
         for _ in range(n):
             tid = f"t-{secrets.token_hex(3)}"
             mps = [os.path.join("targets", tid, f"mp{i}") for i in range(self.mpaths)]
-            layout["targets"].append({"id": tid, "mountpaths": mps})
+            layout.targets.append(TargetLayout(id=tid, mountpaths=mps))
         os.makedirs(self.data_dir, exist_ok=True)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(layout, f, indent=1)
+            json.dump(msgspec.to_builtins(layout), f, indent=1)
         os.replace(tmp, path)
         return layout
 
@@ -228,17 +275,19 @@ class LocalCluster:
     def _wait_ready(self, node: NodeProc, deadline: float) -> None:
         ready = os.path.join(self.data_dir, "run", f"{node.node_id}.json")
         while True:
-            if os.path.exists(ready):
-                with open(ready) as f:
-                    doc = json.load(f)
-                if int(doc["pid"]) == node.pid:
-                    node.url = doc["url"]
-                    return
+            rf = _read_ready(ready)
+            if rf is not None and rf.pid == node.pid:
+                node.url = rf.url
+                return
             assert node.proc is not None
             if node.proc.poll() is not None:
-                raise ClusterError(f"{node.role} {node.node_id} exited with {node.proc.returncode}:\n{_tail(node.log_path)}")
+                raise ClusterError(
+                    f"{node.role} {node.node_id} exited with {node.proc.returncode}:\n{_tail(node.log_path)}"
+                )
             if time.monotonic() > deadline:
-                raise ClusterError(f"{node.role} {node.node_id} not ready in {self.start_timeout_s}s:\n{_tail(node.log_path)}")
+                raise ClusterError(
+                    f"{node.role} {node.node_id} not ready in {self.start_timeout_s}s:\n{_tail(node.log_path)}"
+                )
             time.sleep(0.02)
 
     def start(self) -> LocalCluster:
@@ -255,13 +304,14 @@ class LocalCluster:
         layout = self._layout()
         deadline = time.monotonic() + self.start_timeout_s
         try:
-            self.gateway = self._spawn(layout["gateway"]["id"], "gateway", ["--host", self.host, "--port", str(self.port)])
+            self.gateway = self._spawn(layout.gateway.id, "gateway",
+                                       ["--host", self.host, "--port", str(self.port)])
             self._wait_ready(self.gateway, deadline)
-            for t in layout["targets"]:
+            for t in layout.targets:
                 args = ["--gateway", self.gateway.url, "--host", self.host]
-                for mp in t["mountpaths"]:
+                for mp in t.mountpaths:
                     args += ["--mountpath", os.path.join(self.data_dir, mp)]
-                self.targets.append(self._spawn(t["id"], "target", args))
+                self.targets.append(self._spawn(t.id, "target", args))
             for node in self.targets:
                 self._wait_ready(node, deadline)
         except BaseException:
@@ -272,8 +322,7 @@ class LocalCluster:
     def target_mountpaths(self) -> dict[str, list[str]]:
         """``{target id: [absolute mountpath, ...]}`` of this cluster's layout (known before
         :meth:`start`, so a test can mount a small filesystem there first)."""
-        return {t["id"]: [os.path.join(self.data_dir, mp) for mp in t["mountpaths"]]
-                for t in self._layout()["targets"]}
+        return {t.id: [os.path.join(self.data_dir, mp) for mp in t.mountpaths] for t in self._layout().targets}
 
     def restart_target(self, node_id: str, *, kill: bool = True) -> NodeProc:
         """Stop target ``node_id`` (SIGKILL when ``kill``, else SIGTERM) and start it again
@@ -286,7 +335,7 @@ class LocalCluster:
             ClusterError: ``node_id`` is not a target of this cluster, or it does not come back.
         """
         layout = self._layout()
-        spec = next((t for t in layout["targets"] if t["id"] == node_id), None)
+        spec = next((t for t in layout.targets if t.id == node_id), None)
         old = next((t for t in self.targets if t.node_id == node_id), None)
         if spec is None or old is None or self.gateway is None:
             raise ClusterError(f"{node_id} is not a running target of this cluster")
@@ -297,7 +346,7 @@ class LocalCluster:
                 old.proc.terminate()
             old.proc.wait(timeout=30)
         args = ["--gateway", self.gateway.url, "--host", self.host]
-        for mp in spec["mountpaths"]:
+        for mp in spec.mountpaths:
             args += ["--mountpath", os.path.join(self.data_dir, mp)]
         node = self._spawn(node_id, "target", args)
         self.targets[self.targets.index(old)] = node

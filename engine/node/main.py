@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "gateway":
         from aioetl.engine.gateway.gateway import GatewayConfig, run_gateway
 
-        asyncio.run(run_gateway(GatewayConfig(node_id=args.id, data_dir=args.data, cluster_secret=secret, host=args.host, port=args.port, run_dir=run_dir)))
+        asyncio.run(run_gateway(GatewayConfig(node_id=args.id, data_dir=args.data, cluster_secret=secret,
+                                              host=args.host, port=args.port, run_dir=run_dir)))
     else:
         from aioetl.engine.target.target import TargetConfig, run_target
 
