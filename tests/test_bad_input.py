@@ -82,12 +82,14 @@ def raw(base: str, method: str, path: str, body: bytes | None = None, headers: d
         conn.close()
 
 
-def raw_follow(base: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Reply:
+def raw_follow(base: str, method: str, path: str, body: bytes | None = None,
+               headers: dict[str, str] | None = None) -> Reply:
     """Like :func:`raw`, following one 307 from the gateway to the target."""
     r = raw(base, method, path, body, headers)
     if r.status == 307:
         loc = urlsplit(r.headers["location"])
-        r = raw(f"{loc.scheme}://{loc.netloc}", method, loc.path + (f"?{loc.query}" if loc.query else ""), body, headers)
+        r = raw(f"{loc.scheme}://{loc.netloc}", method, loc.path + (f"?{loc.query}" if loc.query else ""), body,
+                headers)
     return r
 
 
@@ -196,7 +198,8 @@ BAD_BUCKET_PATHS = {
 
 
 @pytest.mark.parametrize("path_part", list(BAD_BUCKET_PATHS.values()), ids=list(BAD_BUCKET_PATHS))
-def test_create_bucket_with_bad_name_is_400_and_creates_nothing(cluster: LocalCluster, endpoint: str, path_part: str) -> None:
+def test_create_bucket_with_bad_name_is_400_and_creates_nothing(cluster: LocalCluster, endpoint: str,
+                                                                path_part: str) -> None:
     before_list, before_files = bucket_names(endpoint), data_files(cluster.data_dir)
     r = raw(endpoint, "POST", f"/v1/buckets/{path_part}", CREATE, {"Content-Type": "application/json"})
     assert r.status == 400, r
@@ -280,7 +283,8 @@ SDK_BAD_NAMES = [
 ]
 
 
-def test_bad_object_names_quoted_as_the_sdk_quotes_them_are_400(cluster: LocalCluster, endpoint: str, bucket: str) -> None:
+def test_bad_object_names_quoted_as_the_sdk_quotes_them_are_400(cluster: LocalCluster, endpoint: str,
+                                                                bucket: str) -> None:
     """The names sent as the SDK sends them (``quote(name)``, then the 307) are refused too."""
     before = data_files(cluster.data_dir)
     for name in SDK_BAD_NAMES:
@@ -304,7 +308,8 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("body", list(MALFORMED.values()), ids=list(MALFORMED))
-def test_malformed_json_on_bucket_create_is_400(cluster: LocalCluster, endpoint: str, bucket_name: str, body: bytes) -> None:
+def test_malformed_json_on_bucket_create_is_400(cluster: LocalCluster, endpoint: str, bucket_name: str,
+                                                body: bytes) -> None:
     before_list, before_files = bucket_names(endpoint), data_files(cluster.data_dir)
     r = raw(endpoint, "POST", f"/v1/buckets/{bucket_name}", body, {"Content-Type": "application/json"})
     assert r.status == 400, r
@@ -399,7 +404,8 @@ def test_client_disconnect_mid_put_leaves_nothing(own_cluster: LocalCluster) -> 
     s = _start_half_put(url, bck, obj, 1 << 20)
     try:
         # the target has started writing the body into a work file
-        wfs = wait_for(lambda: [p for p in work_files(c.data_dir, bck) if os.path.getsize(p) > 0], "a work file with bytes")
+        wfs = wait_for(lambda: [p for p in work_files(c.data_dir, bck) if os.path.getsize(p) > 0],
+                       "a work file with bytes")
         assert len(wfs) == 1
     finally:
         s.close()
@@ -430,7 +436,8 @@ def test_work_file_of_killed_target_is_removed_on_next_start(own_cluster: LocalC
     node = c.targets[i]
     s = _start_half_put(url, bck, obj, 1 << 20)
     try:
-        wfs = wait_for(lambda: [p for p in work_files(c.data_dir, bck) if os.path.getsize(p) > 0], "a work file with bytes")
+        wfs = wait_for(lambda: [p for p in work_files(c.data_dir, bck) if os.path.getsize(p) > 0],
+                       "a work file with bytes")
         os.kill(node.pid, signal.SIGKILL)  # a process this test's cluster started
         assert node.proc is not None
         assert node.proc.wait(timeout=TIMEOUT_S) == -signal.SIGKILL

@@ -244,7 +244,8 @@ def _fill(template: str, method: str, data: st.DataObject, fz: Fz) -> str:
     if "{n}" in out:
         out = out.replace("{n}", data.draw(st.sampled_from(["no-such-etl", "abcdef"]) | name_segments, label="etl"))
     if "{id}" in out:
-        out = out.replace("{id}", data.draw(st.sampled_from(["AbCdEfGh1", "tco-AbCdEfGh1"]) | name_segments, label="id"))
+        out = out.replace("{id}", data.draw(st.sampled_from(["AbCdEfGh1", "tco-AbCdEfGh1"]) | name_segments,
+                                            label="id"))
     if "{t}" in out:
         out = out.replace("{t}", data.draw(st.sampled_from(sorted(fz.targets)) | name_segments, label="tid"))
     if "{tail}" in out:
@@ -255,7 +256,8 @@ def _fill(template: str, method: str, data: st.DataObject, fz: Fz) -> str:
 def _check(fz: Fz, node: str, method: str, path: str, body: bytes | None, hdrs: dict[str, str]) -> None:
     base = fz.gw if node == "gw" else fz.targets[sorted(fz.targets)[len(path) % len(fz.targets)]]
     status, reply = fz.send(base, method, path, body, hdrs)
-    assert status < 500, f"{status} for {method} {base}{path[:300]} body={body[:200] if body else body!r}: {reply[:300]!r}"
+    assert status < 500, (f"{status} for {method} {base}{path[:300]} body={body[:200] if body else body!r}: "
+                          f"{reply[:300]!r}")
 
 
 def _auth(data: st.DataObject, fz: Fz) -> dict[str, str]:
@@ -316,7 +318,8 @@ yaml_texts = st.one_of(
     st.integers(1, 12).map(lambda n: "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
         f"b{i}: &b{i} [{','.join(['*' + ('a' if i == 0 else f'b{i - 1}')] * 9)}]\n" for i in range(n))),
     st.integers(1, 5000).map(lambda n: "[" * n + "]" * n),
-    st.sampled_from(["!!python/object/apply:os.system ['true']", "a: &a [*a]", "--- {a: 1}\n--- {b: 2}\n", "%YAML 9.9\n"]),
+    st.sampled_from(["!!python/object/apply:os.system ['true']", "a: &a [*a]", "--- {a: 1}\n--- {b: 2}\n",
+                     "%YAML 9.9\n"]),
 )
 
 

@@ -213,9 +213,8 @@ def test_malformed_input_is_400_naming_the_problem(
     before = sorted(turls), requests.get(f"{endpoint}/v1/buckets", timeout=30).json()
     path = path.replace("{b}", bck)
     if node == "t":  # the object cases go to the owner, so no 307 hides the answer
-        tid = Smap.from_json(requests.get(f"{endpoint}/v1/daemon", params={"what": "smap"}, timeout=30).json()).hrw_target(
-            make_uname(bck, "a")
-        ).daemon_id
+        smap = Smap.from_json(requests.get(f"{endpoint}/v1/daemon", params={"what": "smap"}, timeout=30).json())
+        tid = smap.hrw_target(make_uname(bck, "a")).daemon_id
         base = turls[tid]
     else:
         base = endpoint
