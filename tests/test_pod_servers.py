@@ -237,7 +237,8 @@ class Pod:
         if cls is not None:
             e["ETL_CLASS_PAYLOAD"] = base64.b64encode(cloudpickle.dumps(cls)).decode()
         e.update(env or {})
-        cmd = [sys.executable, "-m", "aioetl.communicators.pod.bootstrap", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "aioetl.communicators.pod.bootstrap", "--host", "127.0.0.1",
+               "--port", str(self.port)]
         if builtin:
             cmd += ["--builtin", builtin]
         self.proc = subprocess.Popen(cmd, env=e, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -480,7 +481,8 @@ def test_direct_put_to_target(pods: dict[str, Pod], target: StandInTarget) -> No
     assert r.headers["Ais-Direct-Put-Length"] == str(len(expected))
     assert r.content == b""
     put = target.puts[-1]
-    assert put["path_qs"] == f"/v1/etl/_object/{ETL}/{SECRET}/ais%2F@%23%2Fdst%2Fdir%2Fobj.txt?owt=3&uuid=XID1&etl_args=dp"
+    assert put["path_qs"] == (f"/v1/etl/_object/{ETL}/{SECRET}/ais%2F@%23%2Fdst%2Fdir%2Fobj.txt"
+                              "?owt=3&uuid=XID1&etl_args=dp")
     assert put["body"] == expected
     assert put["headers"]["Authorization"] == f"Bearer {TOKEN}"
     assert "Ais-Node-Url" not in put["headers"]
@@ -617,7 +619,7 @@ def test_num_workers_2_serves_and_stops_on_sigterm(target: StandInTarget) -> Non
     finally:
         code = pod.stop()
     assert code == 0
-    gone, alive = psutil.wait_procs(workers, timeout=10)
+    _gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
 
 
@@ -695,7 +697,8 @@ def test_builtins(target: StandInTarget) -> None:
         assert put("echo") == data
         assert put("md5") == hashlib.md5(data).hexdigest().encode()
         assert put("hash_with_args") == xxhash.xxh64(data, seed=500).hexdigest().encode()
-        assert put("hash_with_args", params={"etl_args": "10000"}) == xxhash.xxh64(data, seed=10000).hexdigest().encode()
+        seeded = xxhash.xxh64(data, seed=10000).hexdigest().encode()
+        assert put("hash_with_args", params={"etl_args": "10000"}) == seeded
     finally:
         for p in pods.values():
             p.stop()

@@ -254,7 +254,8 @@ def _serve(server: Any, kind: str, host: str, port: int, workers: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a pod (module docstring); returns the exit code."""
-    ap = argparse.ArgumentParser(prog="python -m aioetl.communicators.pod.bootstrap", description="Run an aioetl ETL pod.")
+    ap = argparse.ArgumentParser(prog="python -m aioetl.communicators.pod.bootstrap",
+                                 description="Run an aioetl ETL pod.")
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--builtin", default=None, help="serve a built-in transformer instead of ETL_CLASS_PAYLOAD")

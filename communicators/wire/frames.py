@@ -147,10 +147,7 @@ def compose_direct_put_url(entry: str, target_url: str, obj_path: str, etl_args:
     """
     dst = urlsplit(entry)
     base = urlsplit(target_url)
-    if dst.path:
-        path = base.path.rstrip("/") + dst.path
-    else:
-        path = "/" + stage_object_path(obj_path)
+    path = base.path.rstrip("/") + dst.path if dst.path else "/" + stage_object_path(obj_path)
     query = dst.query
     if etl_args:
         pairs = [(k, v) for k, v in parse_qsl(dst.query, keep_blank_values=True) if k != QPARAM_ETL_ARGS]
@@ -290,7 +287,8 @@ class WsControl:
         """JSON bytes with empty fields omitted (Go ``omitempty``), compact, key order
         ``pipeline, etl_args, fqn, path``."""
         doc: dict[str, Any] = {}
-        for key, v in ((WS_PIPELINE, self.pipeline), (WS_ETL_ARGS, self.etl_args), (WS_FQN, self.fqn), (WS_PATH, self.path)):
+        fields = ((WS_PIPELINE, self.pipeline), (WS_ETL_ARGS, self.etl_args), (WS_FQN, self.fqn), (WS_PATH, self.path))
+        for key, v in fields:
             if v:
                 doc[key] = v
         if self.id is not None:
