@@ -14,7 +14,7 @@ import hashlib
 import os
 
 from aioetl.communicators.pod.aiohttp_server import AiohttpServer
-from aioetl.communicators.pod.server import PodConfig
+from aioetl.communicators.pod.config import PodConfig
 from aioetl.communicators.wire.const import ENV_SEED_DEFAULT
 
 __all__ = ["BUILTINS", "EchoServer", "HashWithArgsServer", "HelloWorldServer", "Md5Server"]

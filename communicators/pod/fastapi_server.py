@@ -20,7 +20,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocketDisconnect
 
-from aioetl.communicators.pod.server import ETLServer, PodConfig, PodRequest
+from aioetl.communicators.pod.config import PodConfig
+from aioetl.communicators.pod.interface import PodRequest
+from aioetl.communicators.pod.server import ETLServer
 from aioetl.communicators.wire.const import (
     HEADER_NODE_URL,
     HEADER_REQ_ID,

@@ -1,25 +1,25 @@
 """Where a pod runs ``transform()``: the pure decision state of
-:class:`aioetl.communicators.pod.server._OffloadPolicy` (rules in the module docstring of
-communicators/server.py). The end-to-end check with a real pod process is
+:class:`aioetl.communicators.pod.offload.OffloadPolicy` (rules in the module docstring of
+communicators/pod/offload.py). The end-to-end check with a real pod process is
 ``tests/test_pod_servers.py::test_cpu_bound_transforms_move_to_the_loop``."""
 
 from __future__ import annotations
 
 import pytest
 
-from aioetl.communicators.pod.server import (
+from aioetl.communicators.pod.offload import (
     CPU_BOUND_SHARE,
     INLINE_CPU_MAX_BYTES,
     INLINE_CPU_MAX_S,
     INLINE_MAX_BYTES,
     PROBE_EVERY,
-    _OffloadPolicy,
+    OffloadPolicy,
 )
 
 KiB = 1024
 
 
-def _warm(p: _OffloadPolicy, seconds: float) -> None:
+def _warm(p: OffloadPolicy, seconds: float) -> None:
     for _ in range(p.warmup):
         assert p.in_thread(10 * KiB), "warm-up calls run in a thread"
         p.record(seconds)
@@ -27,7 +27,7 @@ def _warm(p: _OffloadPolicy, seconds: float) -> None:
 
 def test_forced_wins() -> None:
     for forced in (True, False):
-        p = _OffloadPolicy(forced)
+        p = OffloadPolicy(forced)
         p.cores_covered = True
         for _ in range(10):  # warm-up or not, fast or slow
             assert p.in_thread(1) is forced
@@ -35,14 +35,14 @@ def test_forced_wins() -> None:
 
 
 def test_fast_small_calls_run_on_the_loop_whatever_the_cores() -> None:
-    p = _OffloadPolicy(None)
+    p = OffloadPolicy(None)
     _warm(p, 0.0005)
     assert not p.in_thread(10 * KiB)
     assert p.in_thread(INLINE_MAX_BYTES + 1), "a fast transform of a large input still goes to a thread"
 
 
 def test_slow_cpu_bound_moves_to_the_loop_only_when_processes_cover_the_cores() -> None:
-    p = _OffloadPolicy(None)
+    p = OffloadPolicy(None)
     _warm(p, 0.004)
     assert p.in_thread(10 * KiB), "one process for several CPUs: threads keep the cores busy"
     p.cores_covered = True
@@ -55,7 +55,7 @@ def test_slow_cpu_bound_moves_to_the_loop_only_when_processes_cover_the_cores() 
 
 
 def test_slow_io_bound_stays_in_threads_and_is_reprobed() -> None:
-    p = _OffloadPolicy(None)
+    p = OffloadPolicy(None)
     p.cores_covered = True
     _warm(p, 0.004)
     assert not p.in_thread(10 * KiB)  # the probe
@@ -69,7 +69,7 @@ def test_slow_io_bound_stays_in_threads_and_is_reprobed() -> None:
 
 
 def test_long_calls_go_to_threads_even_when_cpu_bound() -> None:
-    p = _OffloadPolicy(None)
+    p = OffloadPolicy(None)
     p.cores_covered = True
     _warm(p, 0.004)
     assert not p.in_thread(10 * KiB)
@@ -81,7 +81,7 @@ def test_long_calls_go_to_threads_even_when_cpu_bound() -> None:
 
 @pytest.mark.parametrize("share,inline", [(CPU_BOUND_SHARE + 0.05, True), (CPU_BOUND_SHARE - 0.05, False)])
 def test_share_threshold(share: float, inline: bool) -> None:
-    p = _OffloadPolicy(None)
+    p = OffloadPolicy(None)
     p.cores_covered = True
     _warm(p, 0.01)
     p.in_thread(1)
@@ -93,7 +93,7 @@ def test_share_threshold(share: float, inline: bool) -> None:
 def test_a_low_plain_share_is_verified_before_it_counts() -> None:
     """CPU time / wall time only bounds the share from below (waiting for a CPU
     lowers it): a low value asks for an exact measurement next instead of counting."""
-    p = _OffloadPolicy(None)
+    p = OffloadPolicy(None)
     p.cores_covered = True
     _warm(p, 0.004)
     assert p.measure_share  # the probe is exact
