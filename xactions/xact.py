@@ -13,7 +13,9 @@ rejects illegal moves and logs legal ones.
 
 Snapshots follow AIStore's wire shape (``core/xaction_wire.go``): stats
 counters are JSON *strings*, times RFC 3339 (Go's zero time while running),
-``glob.id`` packs ``njoggers | nworkers << 10``.
+``glob.id`` packs ``njoggers | nworkers << 10``. :class:`XactSnap` is that shape
+as a msgspec Struct; :meth:`Xaction.snap` returns it as the plain dict callers
+and the JSON encoder take.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import structlog
 
 from aioetl.xactions.errs import InvalidMsg, ObjErrs
 
-__all__ = ["GO_ZERO_TIME", "InvalidXid", "State", "XactStats", "Xaction", "new_xid", "validate_xid"]
+__all__ = ["GO_ZERO_TIME", "InvalidXid", "State", "WireBck", "XactSnap", "XactStats", "Xaction", "new_xid",
+           "validate_xid"]
 
 log = structlog.get_logger("aioetl.xaction")
 
@@ -114,6 +118,52 @@ class XactStats:
         return {"loc-objs": str(self.loc_objs), "loc-bytes": str(self.loc_bytes),
                 "out-objs": str(self.out_objs), "out-bytes": str(self.out_bytes),
                 "in-objs": str(self.in_objs), "in-bytes": str(self.in_bytes)}
+
+
+class WireNamespace(msgspec.Struct):
+    uuid: str = ""
+    name: str = ""
+
+
+class WireBck(msgspec.Struct):
+    """A bucket as snapshots carry it (``cmn.Bck``): ``{"name", "provider", "namespace"}``."""
+
+    name: str
+    provider: str = "ais"
+    namespace: WireNamespace = msgspec.field(default_factory=WireNamespace)
+
+
+class XactSnap(msgspec.Struct):
+    """One target's ``qryxstats`` snapshot of a job (``core/xaction_wire.go`` Snap), in
+    wire order, plus aioetl's progress fields (the SDK ignores those).
+
+    Counters in ``stats`` and the progress fields are decimal strings, as in Go.
+    """
+
+    id: str
+    kind: str
+    start_time: str = msgspec.field(name="start-time")
+    end_time: str = msgspec.field(name="end-time")
+    bck: WireBck
+    src_bck: WireBck = msgspec.field(name="src-bck")
+    dst_bck: WireBck = msgspec.field(name="dst-bck")
+    ctlmsg: str
+    abort_err: str = msgspec.field(name="abort-err")
+    err: str
+    glob_id: str = msgspec.field(name="glob.id")
+    stats: dict[str, str]
+    aborted: bool
+    is_idle: bool
+    # aioetl extensions (progress): ignored by the SDK
+    total_objs: str = msgspec.field(name="total-objs")
+    total_bytes: str = msgspec.field(name="total-bytes")
+    done_objs: str = msgspec.field(name="done-objs")
+    done_bytes: str = msgspec.field(name="done-bytes")
+    err_total: str = msgspec.field(name="err-total")
+    obj_errs: list[str] = msgspec.field(name="obj-errs")
+    """Up to 8 distinct messages: the gateway sums them over targets."""
+    state: str
+    node: str
 
 
 class Xaction:
@@ -214,30 +264,35 @@ class Xaction:
         return f"{self.err_total} object error(s): " + "; ".join(self.errs) + more
 
     # -- wire ----------------------------------------------------------------------
+    def snap_struct(self) -> XactSnap:
+        """The ``qryxstats`` snapshot as a struct."""
+        return XactSnap(
+            id=self.xid,
+            kind=self.kind,
+            start_time=rfc3339(self.start_ns),
+            end_time=rfc3339(self.end_ns),
+            bck=WireBck(self.src_bck),
+            src_bck=WireBck(self.src_bck),
+            dst_bck=WireBck(self.dst_bck),
+            ctlmsg=self.ctlmsg,
+            abort_err=self.abort_err,
+            err=self.err,
+            glob_id=str(self.njoggers | (self.nworkers << 10)),
+            stats=self.stats.to_wire(),
+            aborted=self.aborted,
+            is_idle=not self.running,
+            total_objs=str(self.total_objs),
+            total_bytes=str(self.total_bytes),
+            done_objs=str(self.done_objs),
+            done_bytes=str(self.done_bytes),
+            err_total=str(self.err_total),
+            obj_errs=list(self.errs),
+            state=self.state.value,
+            node=self.node_id,
+        )
+
     def snap(self) -> dict[str, Any]:
-        """The ``qryxstats`` snapshot (``core/xaction_wire.go`` Snap)."""
-        return {
-            "id": self.xid,
-            "kind": self.kind,
-            "start-time": rfc3339(self.start_ns),
-            "end-time": rfc3339(self.end_ns),
-            "bck": {"name": self.src_bck, "provider": "ais", "namespace": {"uuid": "", "name": ""}},
-            "src-bck": {"name": self.src_bck, "provider": "ais", "namespace": {"uuid": "", "name": ""}},
-            "dst-bck": {"name": self.dst_bck, "provider": "ais", "namespace": {"uuid": "", "name": ""}},
-            "ctlmsg": self.ctlmsg,
-            "abort-err": self.abort_err,
-            "err": self.err,
-            "glob.id": str(self.njoggers | (self.nworkers << 10)),
-            "stats": self.stats.to_wire(),
-            "aborted": self.aborted,
-            "is_idle": not self.running,
-            # aioetl extensions (progress): ignored by the SDK
-            "total-objs": str(self.total_objs),
-            "total-bytes": str(self.total_bytes),
-            "done-objs": str(self.done_objs),
-            "done-bytes": str(self.done_bytes),
-            "err-total": str(self.err_total),
-            "obj-errs": list(self.errs),  # up to 8 distinct messages: the gateway sums them over targets
-            "state": self.state.value,
-            "node": self.node_id,
-        }
+        """The ``qryxstats`` snapshot (``core/xaction_wire.go`` Snap) as a JSON-ready dict
+        (:class:`XactSnap`'s wire names and order)."""
+        doc: dict[str, Any] = msgspec.to_builtins(self.snap_struct())
+        return doc

@@ -186,3 +186,43 @@ def test_aggregate_status() -> None:
     assert st["end_time"] > 0 and st["err"] == "3 object error(s)" and not st["aborted"]
     st = aggregate_status("j", ETL_BCK, {"t1": [run]}, ["t2"])
     assert st["aborted"] and "t2" in st["err"] and st["end_time"] > 0
+
+
+def _snap_as_dict_built(x: Xaction) -> dict[str, object]:
+    """The snapshot as Xaction.snap() built it before XactSnap, literally (the wire format)."""
+    from aioetl.xactions.xact import rfc3339
+
+    bck = {"name": x.src_bck, "provider": "ais", "namespace": {"uuid": "", "name": ""}}
+    return {
+        "id": x.xid, "kind": x.kind, "start-time": rfc3339(x.start_ns), "end-time": rfc3339(x.end_ns),
+        "bck": bck, "src-bck": dict(bck),
+        "dst-bck": {"name": x.dst_bck, "provider": "ais", "namespace": {"uuid": "", "name": ""}},
+        "ctlmsg": x.ctlmsg, "abort-err": x.abort_err, "err": x.err,
+        "glob.id": str(x.njoggers | (x.nworkers << 10)), "stats": x.stats.to_wire(),
+        "aborted": x.aborted, "is_idle": not x.running,
+        "total-objs": str(x.total_objs), "total-bytes": str(x.total_bytes), "done-objs": str(x.done_objs),
+        "done-bytes": str(x.done_bytes), "err-total": str(x.err_total), "obj-errs": list(x.errs),
+        "state": x.state.value, "node": x.node_id,
+    }
+
+
+def test_snap_struct_keeps_the_wire_json() -> None:
+    import msgspec
+
+    from aioetl.xactions.xact import XactSnap
+
+    x = Xaction(xid="abc", kind=ETL_BCK, node_id="t1", src_bck="s", dst_bck="d", ctlmsg="etl e")
+    x.njoggers, x.nworkers, x.total_objs, x.stats.loc_objs = 2, 3, 10, 4
+    for step in (None, State.RUNNING, State.DRAINING):
+        if step is not None:
+            x.transition(step)
+        want = _snap_as_dict_built(x)
+        got = x.snap()
+        assert got == want and list(got) == list(want)  # same keys, same order
+        assert json.dumps(got) == json.dumps(want)
+        back = msgspec.json.decode(json.dumps(want), type=XactSnap)  # a peer's snapshot decodes
+        assert back == x.snap_struct() and msgspec.to_builtins(back) == want
+    x.add_obj_err("ais://s/o", "boom", 500)
+    x.abort("stop")
+    assert x.snap() == _snap_as_dict_built(x)
+    assert x.snap()["glob.id"] == str(2 | 3 << 10) and x.snap()["obj-errs"] == ["ais://s/o: boom"]
