@@ -70,7 +70,8 @@ from .common import (
     summarize,
 )
 
-__all__ = ["NAME", "BenchError", "ClusterBenchConfig", "EchoServer", "add_arguments", "config_from_args", "echo_main", "run"]
+__all__ = ["NAME", "BenchError", "ClusterBenchConfig", "EchoServer", "add_arguments", "config_from_args", "echo_main",
+           "run"]
 
 NAME = "cluster"
 KiB = 1024
@@ -265,7 +266,7 @@ def _summarize_profiles(profile_dir: str, nodes: dict[int, str], top: int = 25) 
             s2.sort_stats("cumulative").print_stats(top)
         rows = []
         stats: dict[Any, Any] = st.stats  # type: ignore[attr-defined]
-        for (file, line, fn), (cc, nc, tt, ct, _callers) in sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]:
+        for (file, line, fn), (_cc, nc, tt, ct, _callers) in sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]:
             rows.append({"func": f"{os.path.basename(file)}:{line}({fn})", "ncalls": nc,
                          "tottime_s": round(tt, 4), "cumtime_s": round(ct, 4)})
         out[node] = {"total_s": round(st.total_tt, 3), "top_tottime": rows}  # type: ignore[attr-defined]
@@ -372,7 +373,8 @@ async def _measure(
     )
 
 
-async def _check_redirect(gw: aiohttp.ClientSession, endpoint: str, bck: str, smap: Smap, sizes: list[int]) -> dict[str, Any]:
+async def _check_redirect(gw: aiohttp.ClientSession, endpoint: str, bck: str, smap: Smap,
+                          sizes: list[int]) -> dict[str, Any]:
     """PUT through the gateway and verify aiohttp followed the 307 with the body.
 
     Returns:
@@ -417,7 +419,8 @@ async def _api(session: aiohttp.ClientSession, method: str, url: str, **kw: Any)
         return data
 
 
-async def _bench(cfg: ClusterBenchConfig, cluster: LocalCluster | None, echo: EchoServer | None) -> tuple[list[Measurement], dict[str, float], dict[str, Any]]:
+async def _bench(cfg: ClusterBenchConfig, cluster: LocalCluster | None,
+                 echo: EchoServer | None) -> tuple[list[Measurement], dict[str, float], dict[str, Any]]:
     timeout = aiohttp.ClientTimeout(total=600, sock_connect=10)
     info: dict[str, Any] = {
         "client_loop": loop_name(),
@@ -437,8 +440,10 @@ async def _bench(cfg: ClusterBenchConfig, cluster: LocalCluster | None, echo: Ec
             endpoint = cluster.endpoint
             admin = session()
             bck = f"perf-{secrets.token_hex(3)}"
-            await _api(admin, "POST", f"{endpoint}/v1/buckets/{bck}", json={"action": "create-bck", "name": "", "value": None})
-            smap = Smap.from_json(json.loads(await _api(admin, "GET", f"{endpoint}/v1/daemon", params={"what": "smap"})))
+            await _api(admin, "POST", f"{endpoint}/v1/buckets/{bck}",
+                       json={"action": "create-bck", "name": "", "value": None})
+            smap = Smap.from_json(json.loads(await _api(admin, "GET", f"{endpoint}/v1/daemon",
+                                                        params={"what": "smap"})))
             if len(smap.active_targets()) != cfg.targets:
                 raise BenchError(f"smap has {len(smap.active_targets())} targets, expected {cfg.targets}")
             info["bucket"] = bck
@@ -483,7 +488,7 @@ async def _bench(cfg: ClusterBenchConfig, cluster: LocalCluster | None, echo: Ec
                 return one
 
             per_variant = await interleave({name: round_of(v) for name, v in ordered.items()}, cfg.rounds)
-            for name, rounds in per_variant.items():
+            for _name, rounds in per_variant.items():
                 for k in range(2):
                     all_passes.append(summarize([r[k] for r in rounds]))
             label = size_label(size)

@@ -239,7 +239,8 @@ async def _measure(s: aiohttp.ClientSession, v: _Variant, cfg: InlineBenchConfig
 
 
 async def _bench(cfg: InlineBenchConfig, endpoint: str, target_url: str, bck: str, data: _Data,
-                 etls: dict[str, str], cluster_pids: list[int]) -> tuple[list[Measurement], dict[str, float], dict[str, Any]]:
+                 etls: dict[str, str],
+                 cluster_pids: list[int]) -> tuple[list[Measurement], dict[str, float], dict[str, Any]]:
     variants: dict[str, _Variant] = {}
     if cfg.plain_ref:
         variants["plain"] = _Variant("plain", target_url, "")

@@ -187,7 +187,7 @@ def config_from_args(args: argparse.Namespace, common: CommonOptions) -> MatrixB
         vals = [int(x) for x in args.matrix_counts.split(",")]
         if len(vals) != len(sizes):
             raise ValueError("--matrix-counts needs one count per size")
-        counts = dict(zip(sizes, vals))
+        counts = dict(zip(sizes, vals, strict=True))
     if any(counts[s] < 1 for s in sizes):
         raise ValueError("object counts must be >= 1")
     bases = tuple(b.strip() for b in args.matrix_baselines.split(",") if b.strip())

@@ -407,7 +407,8 @@ async def _base_pass(env: _Env, variant: str, impl: str, src: str, label: str, d
     )
 
 
-async def _calibrate(env: _Env, src: str, label: str, data: _Data, count: int, reps: int = 3) -> tuple[str, dict[str, Any]]:
+async def _calibrate(env: _Env, src: str, label: str, data: _Data, count: int,
+                     reps: int = 3) -> tuple[str, dict[str, Any]]:
     """Run every raw server/client pair on part of the workload, interleaved; the fastest wins."""
     n = min(count, 500 if data.size <= MiB else 3)
     fns: dict[str, Callable[[], Awaitable[Measurement]]] = {}
@@ -479,7 +480,7 @@ async def _bench(env: _Env) -> tuple[list[Measurement], dict[str, float], dict[s
                 return one
 
             per = await interleave({v: variant_fn(v) for v in cfg.variants}, cfg.rounds)
-            for v, passes in per.items():
+            for _v, passes in per.items():
                 measurements.append(_summarize(passes))
             for a in comms:
                 for b in BASELINES:

@@ -147,7 +147,8 @@ def config_from_args(args: argparse.Namespace, common: CommonOptions) -> PodBenc
     if reqs < 1 or args.pods_concurrency < 1 or (args.pods_workers is not None and args.pods_workers < 1):
         raise ValueError("requests, concurrency and workers must be >= 1")
     return PodBenchConfig(requests=reqs, objects=objs, concurrency=args.pods_concurrency,
-                          rounds=common.rounds or rounds, modes=modes, workers=args.pods_workers, client=args.pods_client,
+                          rounds=common.rounds or rounds, modes=modes, workers=args.pods_workers,
+                          client=args.pods_client,
                           data_parent=common.data_parent, keep_data=common.keep_data)
 
 
@@ -320,7 +321,8 @@ async def _bench(cfg: PodBenchConfig, root: str) -> tuple[list[Measurement], dic
         from aioetl.communicators.pod.bootstrap import num_workers
 
         info["num_workers"] = cfg.workers or num_workers(None)
-        info["pods"] = {k: {"url": p.url, "pids": p.pids(), "class": f"{classes[k].__module__}.{classes[k].__qualname__}"}
+        info["pods"] = {k: {"url": p.url, "pids": p.pids(),
+                            "class": f"{classes[k].__module__}.{classes[k].__qualname__}"}
                         for k, p in pods.items()}
         await client.start()
         await client.call({"op": "setup", "objects": objects})

@@ -226,13 +226,15 @@ class _Env:
     root: str
 
 
-def _check_sample(env: _Env, workload: str, bck: str, items: list[tuple[str, bytes]], where: Callable[[int], bytes]) -> None:
+def _check_sample(env: _Env, workload: str, bck: str, items: list[tuple[str, bytes]],
+                  where: Callable[[int], bytes]) -> None:
     n = len(items)
     fn = _FUNCS[workload]
     for i in sorted({0, n // 2, n - 1}):
         got = where(i)
         if got != fn(items[i][1]):
-            raise WorkloadBenchError(f"{workload}: output of {items[i][0]} ({len(got)} bytes) differs from the local function's")
+            raise WorkloadBenchError(f"{workload}: output of {items[i][0]} ({len(got)} bytes) differs from the "
+                                     "local function's")
 
 
 async def _job_pass(env: _Env, s: aiohttp.ClientSession, workload: str, comm: str, src: str,
@@ -249,7 +251,8 @@ async def _job_pass(env: _Env, s: aiohttp.ClientSession, workload: str, comm: st
         done, written, workers = _job_counts(out.snaps)
         if done != count or written != count:
             raise WorkloadBenchError(f"{workload} {comm} job: done {done}, written {written}, expected {count}")
-        _check_sample(env, workload, dst, items, lambda i: env.place.store_of(dst, items[i][0]).read_bytes(dst, items[i][0]))
+        _check_sample(env, workload, dst, items,
+                      lambda i: env.place.store_of(dst, items[i][0]).read_bytes(dst, items[i][0]))
     finally:
         await _destroy_bucket(s, env.endpoint, dst)
     return Measurement(
@@ -267,7 +270,8 @@ def _local_pass(env: _Env, variant: str, workload: str, src: str, items: list[tu
     count = len(items)
     out_dir = os.path.join(env.root, "local-out", f"{workload}-{variant}-{tag}")
     os.makedirs(out_dir)
-    jobs = [(workload, env.place.fqn(src, name), os.path.join(out_dir, f"{i:06d}")) for i, (name, _) in enumerate(items)]
+    jobs = [(workload, env.place.fqn(src, name), os.path.join(out_dir, f"{i:06d}"))
+            for i, (name, _) in enumerate(items)]
     procs = len(env.pool._pool) if env.pool is not None else 1
     pids = [p.pid for p in env.pool._pool] if variant == "mp_pool" else []
     try:
@@ -297,7 +301,9 @@ def _local_pass(env: _Env, variant: str, workload: str, src: str, items: list[tu
     )
 
 
-async def _bench(env: _Env, data: dict[str, list[tuple[str, bytes]]]) -> tuple[list[Measurement], dict[str, float], dict[str, Any]]:
+async def _bench(
+    env: _Env, data: dict[str, list[tuple[str, bytes]]]
+) -> tuple[list[Measurement], dict[str, float], dict[str, Any]]:
     cfg = env.cfg
     info: dict[str, Any] = {"client_loop": loop_name(), "etls": {f"{w}/{c}": n for (w, c), n in env.etls.items()},
                             "items": {}, "ratio_definition": "overhead = 1 - (aioetl objects/s / mp_pool objects/s) "

@@ -62,18 +62,19 @@ def write_charts(out_dir: str | Path, measurements: Iterable[Mapping[str, Any]])
     for name, ms in groups.items():
         labels = [str(m["variant"]) for m in ms]
         vals = [float(m["objects_per_s"]) for m in ms]
-        lo = [min(m.get("per_round_objects_per_s") or [v]) for m, v in zip(ms, vals)]
-        hi = [max(m.get("per_round_objects_per_s") or [v]) for m, v in zip(ms, vals)]
+        lo = [min(m.get("per_round_objects_per_s") or [v]) for m, v in zip(ms, vals, strict=True)]
+        hi = [max(m.get("per_round_objects_per_s") or [v]) for m, v in zip(ms, vals, strict=True)]
         colors = ["#9e9e9e" if is_baseline(m) else "#1f77b4" for m in ms]
         fig, ax = plt.subplots(figsize=(8, 0.45 * len(ms) + 1.6), dpi=100)
         y = list(range(len(ms)))[::-1]
         ax.barh(y, vals, color=colors)
-        ax.errorbar(vals, y, xerr=[[max(0.0, v - a) for v, a in zip(vals, lo)], [max(0.0, b - v) for v, b in zip(vals, hi)]],
+        ax.errorbar(vals, y, xerr=[[max(0.0, v - a) for v, a in zip(vals, lo, strict=True)],
+                                   [max(0.0, b - v) for v, b in zip(vals, hi, strict=True)]],
                     fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
         ax.set_yticks(y)
         ax.set_yticklabels(labels)
         ax.set_xscale("log" if max(vals) / max(min(vals), 1e-9) > 50 else "linear")
-        for yy, v in zip(y, vals):
+        for yy, v in zip(y, vals, strict=True):
             ax.text(v, yy, f" {v:,.0f}" if v >= 10 else f" {v:.2g}", va="center", fontsize=8)
         first = ms[0]
         size = int(first.get("object_size_bytes") or 0)

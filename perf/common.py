@@ -120,7 +120,7 @@ def ratio_median(numer: Sequence[float], denom: Sequence[float]) -> float:
     """
     if len(numer) != len(denom) or not numer:
         raise ValueError(f"need equally long, non-empty sequences (got {len(numer)} and {len(denom)})")
-    return median([a / b for a, b in zip(numer, denom)])
+    return median([a / b for a, b in zip(numer, denom, strict=True)])
 
 
 def size_label(nbytes: int) -> str:

@@ -206,8 +206,8 @@ class Dataset:
             self._log("package lists missing or stale: apt-get update -q")
             upd = self._run([apt, "update", "-q"], capture_output=True, text=True)
             if upd.returncode != 0:
-                raise DatasetError(f"apt-get update -q failed (exit {upd.returncode}; updating package lists usually needs root):\n"
-                                   f"{_tail(upd.stderr or upd.stdout)}")
+                raise DatasetError(f"apt-get update -q failed (exit {upd.returncode}; updating package lists "
+                                   f"usually needs root):\n{_tail(upd.stderr or upd.stdout)}")
             res = self._run([apt, "download", *DEBIAN_PACKAGES], cwd=debs, capture_output=True, text=True)
         if res.returncode != 0:
             raise DatasetError(f"apt-get download {' '.join(DEBIAN_PACKAGES)} failed (exit {res.returncode}):\n"

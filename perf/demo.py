@@ -253,7 +253,8 @@ def _check_job(rep: JobReport, src_names: list[str], to_name: Callable[[str], st
     if want - have:
         rep.problems.append(f"{len(want - have)} output(s) missing from ais://{rep.dst}, e.g. {sorted(want - have)[0]}")
     if have - want:
-        rep.problems.append(f"{len(have - want)} unexpected object(s) in ais://{rep.dst}, e.g. {sorted(have - want)[0]}")
+        rep.problems.append(f"{len(have - want)} unexpected object(s) in ais://{rep.dst}, "
+                            f"e.g. {sorted(have - want)[0]}")
     rep.out_objs = len(have)
     rep.out_bytes = sum(listing.values())
     return good
@@ -412,12 +413,12 @@ def main(argv: list[str] | None = None) -> int:
             with _phase(times, "zstd job"):
                 _run_job(sdk, http, reports[1], txt_ext)
             with _phase(times, "verify"):
-                good = _check_job(reports[0], list(img_names), img_to, asyncio.run(_listing(cluster.endpoint, THUMBS_BCK)),
-                                  why="decompression bomb")
+                good = _check_job(reports[0], list(img_names), img_to,
+                                  asyncio.run(_listing(cluster.endpoint, THUMBS_BCK)), why="decompression bomb")
                 _sample_check(cluster.endpoint, reports[0], rng, good, args.sample, img_to,
                               lambda n: img_names[n].read_bytes(), thumbnail_jpeg)
-                good = _check_job(reports[1], list(txt_bodies), txt_to, asyncio.run(_listing(cluster.endpoint, ZST_BCK)),
-                                  why="")
+                good = _check_job(reports[1], list(txt_bodies), txt_to,
+                                  asyncio.run(_listing(cluster.endpoint, ZST_BCK)), why="")
                 _sample_check(cluster.endpoint, reports[1], rng, good, args.sample, txt_to,
                               lambda n: txt_bodies[n], zstd_compress)
             http.close()

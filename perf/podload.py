@@ -190,7 +190,7 @@ class _Load:
         fqn_mode = mode == "fqn"
         bodies = self.bodies
         reqs: list[tuple[bytes, ...]] = []
-        for o, b in zip(self.objects, bodies):
+        for o, b in zip(self.objects, bodies, strict=True):
             target = pod_url_for("", o["path"], o["fqn"] if fqn_mode else None)
             n = 0 if fqn_mode else len(b)
             head = f"PUT {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {n}\r\n\r\n".encode()

@@ -213,7 +213,8 @@ async def raw_loop(url: str, pairs: Sequence[tuple[str, str]], client: str = "ai
 
 
 def _bad(src: str, sent: int, got: object) -> RawPipeError:
-    return RawPipeError(f"echo of {src}: sent {sent} bytes, got {type(got).__name__} of {len(got) if hasattr(got, '__len__') else '?'}")  # type: ignore[arg-type]
+    n = len(got) if hasattr(got, "__len__") else "?"  # type: ignore[arg-type]
+    return RawPipeError(f"echo of {src}: sent {sent} bytes, got {type(got).__name__} of {n}")
 
 
 async def _raw_aiohttp(url: str, pairs: Sequence[tuple[str, str]]) -> RawStats:
