@@ -12,24 +12,28 @@
 
 etlMD (``<data>/gateway/etlmd.json``) keeps each ETL's init message, stage,
 secret and xid. After a cluster restart, ETLs that were Running are started
-again once every target has joined (until then they read ``Aborted`` with the
-reason). A target that joins later, or rejoins after a restart of its own,
-gets every Running ETL initialized on it (the ETL reads ``Initializing`` at the
-gateway meanwhile; if that init fails, the ETL is aborted everywhere with the
-reason). ``GET /v1/etl`` never shows ``Running`` for an ETL a target has no pod
-of: it shows ``Initializing`` and starts the pod there.
+again once every target has joined and applied the map of its join (until then
+they read ``Aborted`` with the reason). A target that joins later, or rejoins
+after a restart of its own, gets every Running ETL initialized on it once it has
+applied that map (:meth:`PeerClient.wait_ready`; the ETL reads ``Initializing``
+at the gateway meanwhile; if that init fails, the ETL is aborted everywhere with
+the reason). ``GET /v1/etl`` never shows ``Running`` for an ETL a target has no
+pod of: it shows ``Initializing`` and starts the pod there.
+
+The service is given what it uses (:class:`GatewayEtl`): the etlMD registry, the
+cluster map, the peer client, a task owner and a callback for a stopped ETL; it
+does not know the gateway or the job service.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import string
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-import aiohttp
 import structlog
 from aiohttp import web
 
@@ -37,24 +41,22 @@ from aioetl.engine.core.etl import (
     STAGE_ABORTED,
     STAGE_INITIALIZING,
     STAGE_RUNNING,
-    etl_not_found,
     parse_init_msg,
     validate_etl_name,
 )
 from aioetl.engine.core.smap import Snode
+from aioetl.engine.gateway.cluster import ClusterMap, PeerClient, Reply, err_text
+from aioetl.engine.gateway.metadata import EtlMd
+from aioetl.engine.gateway.tasks import TaskOwner
 from aioetl.engine.node.httpd import json_response, read_json
 from aioetl.errors import AlreadyExists, BadRequest
 from aioetl.xactions.errs import MAX_OBJ_ERRS
-
-if TYPE_CHECKING:
-    from aioetl.engine.gateway.gateway import Gateway
 
 __all__ = ["GatewayEtl"]
 
 log = structlog.get_logger("aioetl.gateway.etl")
 
 RESTART_WAIT_REASON = "cluster restarted: the ETL starts again once every target has joined"
-JOINED_SETTLE_S = 0.5  # let a (re)joined target finish its start-up before its first init
 
 
 def new_secret() -> str:
@@ -63,33 +65,37 @@ def new_secret() -> str:
 
 
 class GatewayEtl:
-    """etlMD and the ETL endpoints of the gateway."""
+    """The ETL endpoints of the gateway: init and stop across targets (two phases), views.
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self.path = os.path.join(gw.cfg.data_dir, "gateway", "etlmd.json")
-        self.md: dict[str, dict[str, Any]] = self._load()
-        self._lock = asyncio.Lock()
+    Args:
+        etlmd: the ETL registry this service changes (and persists).
+        cluster: the targets an ETL runs on.
+        peers: how the targets are called.
+        tasks: owner of the background pod inits on (re)joined targets and of the
+            restart of a restarted cluster's ETLs.
+        on_stopped: ``(name, reason)``, awaited after an ETL was stopped or lost
+            everywhere (the jobs that use it are aborted).
+    """
+
+    def __init__(self, *, etlmd: EtlMd, cluster: ClusterMap, peers: PeerClient, tasks: TaskOwner,
+                 on_stopped: Callable[[str, str], Awaitable[None]]) -> None:
+        self.etlmd = etlmd
+        self.md = etlmd.md
+        self.cluster = cluster
+        self.peers = peers
+        self.tasks = tasks
+        self.on_stopped = on_stopped
+        self._lock = asyncio.Lock()  # guards the check-and-add of a new ETL name
         self._restart_pending = {n for n, e in self.md.items() if e["stage"] in (STAGE_RUNNING, STAGE_INITIALIZING)}
         for n in self._restart_pending:
             self.md[n]["stage"] = STAGE_ABORTED
             self.md[n]["error"] = RESTART_WAIT_REASON
         self._restarting = False
-        self._target_inits: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._target_inits: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._joining: dict[str, set[str]] = {}  # ETL -> targets whose join init runs
 
-    def _load(self) -> dict[str, dict[str, Any]]:
-        try:
-            with open(self.path) as f:
-                md: dict[str, dict[str, Any]] = json.load(f)
-                return md
-        except FileNotFoundError:
-            return {}
-
     def _save(self) -> None:
-        from aioetl.engine.gateway.gateway import _atomic_write_json
-
-        _atomic_write_json(self.path, self.md)
+        self.etlmd.save()
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -107,41 +113,14 @@ class GatewayEtl:
 
     # -- helpers -----------------------------------------------------------------
     def require(self, name: str) -> dict[str, Any]:
-        e = self.md.get(name)
-        if e is None:
-            raise etl_not_found(name)
-        return e
+        return self.etlmd.require(name)
 
     def require_running(self, name: str) -> dict[str, Any]:
-        e = self.require(name)
-        if e["stage"] != STAGE_RUNNING:
-            raise etl_not_found(name)
-        return e
+        return self.etlmd.require_running(name)
 
     async def _each_target(self, method: str, path: str, *, body: Any = None, timeout_s: float = 30.0,
-                           targets: list[Snode] | None = None) -> list[tuple[Snode, int, bytes]]:
-        assert self.gw.session is not None
-        ts = targets if targets is not None else list(self.gw.smap.targets.values())
-
-        async def one(t: Snode) -> tuple[Snode, int, bytes]:
-            try:
-                async with self.gw.session.request(method, t.url + path, json=body,  # type: ignore[union-attr]
-                                                   timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
-                    return t, r.status, await r.read()
-            except (TimeoutError, aiohttp.ClientError) as e:
-                return t, 0, f"target {t.daemon_id} unreachable or timed out: {e!r}".encode()
-
-        return list(await asyncio.gather(*(one(t) for t in ts)))
-
-    @staticmethod
-    def _err_text(body: bytes) -> str:
-        try:
-            doc = json.loads(body)
-            if isinstance(doc, dict) and "message" in doc:
-                return str(doc["message"])
-        except ValueError:
-            pass
-        return body.decode(errors="replace")[:2000]
+                           targets: list[Snode] | None = None) -> list[Reply]:
+        return await self.peers.each_target(method, path, body=body, timeout_s=timeout_s, targets=targets)
 
     async def _run_init(self, name: str) -> str:
         """Phase 1 on every target; undo on all if any fails. Returns the xid."""
@@ -162,7 +141,7 @@ class GatewayEtl:
         if failed:
             await self._each_target("DELETE", f"/v1/etl/{name}")
             t, st, b = failed[0]
-            e["stage"], e["error"] = STAGE_ABORTED, self._err_text(b)
+            e["stage"], e["error"] = STAGE_ABORTED, err_text(b)
             self._save()
             msg = f'etl job "{name}": init failed on target {t.daemon_id}: {e["error"]}'
             log.warning("etl init failed", etl=name, target=t.daemon_id, status=st)
@@ -246,7 +225,7 @@ class GatewayEtl:
             e["error"] = reason
         self._save()
         await self._each_target("DELETE", f"/v1/etl/{name}")
-        await self.gw.on_etl_stopped(name, reason or f'etl job "{name}" stopped')
+        await self.on_stopped(name, reason or f'etl job "{name}" stopped')
 
     async def h_stop(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -285,7 +264,7 @@ class GatewayEtl:
         name = request.match_info["name"]
         validate_etl_name(name)
         self.require(name)
-        targets = list(self.gw.smap.targets.values())
+        targets = self.cluster.targets()
         tid = request.match_info.get("tid")
         if tid:
             targets = [t for t in targets if t.daemon_id == tid]
@@ -296,7 +275,7 @@ class GatewayEtl:
             if st == 200:
                 out.append(json.loads(body))
             else:
-                out.append({"target_id": t.daemon_id, "error": self._err_text(body)})
+                out.append({"target_id": t.daemon_id, "error": err_text(body)})
         return json_response(out)
 
     async def h_logs(self, request: web.Request) -> web.StreamResponse:
@@ -335,31 +314,56 @@ class GatewayEtl:
         return bool(self._restart_pending) or self._restarting
 
     def on_target_joined(self, node: Snode) -> None:
-        """A target joined or rejoined (after a restart of its own, with no pods):
-        initialize every Running ETL on it, in the background."""
+        """A target joined or rejoined (after a restart of its own, with no pods).
+
+        While the ETLs of a restarted cluster wait to start again: once every expected
+        target is in the map (:meth:`ClusterMap.expected_joined`) and has applied the
+        map of its join, they are started (:meth:`restart_after_boot`). Otherwise every
+        Running ETL is initialized on ``node`` once it is ready. Both in the background,
+        as tasks of this service's owner.
+        """
+        if self.restart_pending:
+            if self.cluster.expected_joined():
+                self.tasks.spawn(self._restart_when_ready(), name="etl-restart-after-boot")
+            return
         for name, e in self.md.items():
             if e["stage"] == STAGE_RUNNING:
-                self.init_on_target(name, node, settle_s=JOINED_SETTLE_S)
+                self.init_on_target(name, node, wait_ready=True)
 
-    def init_on_target(self, name: str, node: Snode, settle_s: float = 0.0) -> None:
-        """Start ``name``'s pod on ``node`` (one attempt in flight per ETL and target)."""
+    async def _restart_when_ready(self) -> None:
+        await asyncio.gather(*(self.peers.wait_ready(t.daemon_id) for t in self.cluster.targets()))
+        await self.restart_after_boot()
+
+    def init_on_target(self, name: str, node: Snode, *, wait_ready: bool = False) -> None:
+        """Start ``name``'s pod on ``node`` in the background (one attempt in flight per ETL
+        and target); with ``wait_ready``, once ``node`` has applied the map of its join."""
         key = (name, node.daemon_id)
         prev = self._target_inits.get(key)
         if prev is not None and not prev.done():
             return
-        fut = asyncio.ensure_future(self._init_on_target(name, node, settle_s))
-        self._target_inits[key] = fut
-        fut.add_done_callback(lambda _f, k=key: self._target_inits.pop(k, None) if self._target_inits.get(k) is _f else None)
+        task = self.tasks.spawn(self._init_on_target(name, node, wait_ready), name=f"etl-init:{name}@{node.daemon_id}")
+        self._target_inits[key] = task
+        task.add_done_callback(lambda t: self._forget_init(key, t))
 
-    async def _init_on_target(self, name: str, node: Snode, settle_s: float) -> None:
+    def _forget_init(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self._target_inits.get(key) is task:
+            del self._target_inits[key]
+
+    async def _init_on_target(self, name: str, node: Snode, wait_ready: bool) -> None:
         """``POST /v1/etl/_init`` on one target with the ETL's secret and xid; while any such
-        init runs the ETL reads ``Initializing``; if one fails the ETL is aborted everywhere."""
-        await asyncio.sleep(settle_s)
+        init runs the ETL reads ``Initializing``; if one fails the ETL is aborted everywhere.
+
+        Cancelled (gateway shutdown): the pod may be left starting on the target, and
+        etlMD may keep ``Initializing``, which the next start of the gateway treats as
+        Running (restarted once every target joined).
+        """
+        if wait_ready:
+            await self.peers.wait_ready(node.daemon_id)
         e = self.md.get(name)
         joining = self._joining.setdefault(name, set())
         if e is None or not (e["stage"] == STAGE_RUNNING or (e["stage"] == STAGE_INITIALIZING and joining)):
             return
-        node = self.gw.smap.targets.get(node.daemon_id, node)  # the latest URL
+        node = self.cluster.target(node.daemon_id) or node  # the latest URL
         xid = e["xid"]
         spec = parse_init_msg(e["msg"])
         joining.add(node.daemon_id)
@@ -378,7 +382,7 @@ class GatewayEtl:
             await self._each_target("DELETE", f"/v1/etl/{name}", targets=[node])
             return
         if st != 200:
-            reason = f'etl job "{name}": init on target {node.daemon_id} (joined the cluster) failed: {self._err_text(b)}'
+            reason = f'etl job "{name}": init on target {node.daemon_id} (joined the cluster) failed: {err_text(b)}'
             log.warning("etl init on a joined target failed", etl=name, target=node.daemon_id, status=st)
             await self._stop(name, reason)
             return

@@ -12,18 +12,23 @@ Public REST subset (as the aistore SDK 1.26 and 2.x send it; see
 - ``GET /v1/reverse/daemon?what=node_status`` with ``Ais-Node-Id``: a target's
   ``stats.NodeStatus`` (the SDK's ``cluster().get_performance()``)
 
-Intra-cluster (cluster secret required, :mod:`aioetl.engine.node.auth`): ``POST /v1/cluster/join`` (a target registers; the reply is
-the current smap and BMD, which are then pushed to every target with
-``PUT /v1/metasync``). A target that (re)joins once the cluster runs gets every
-Running ETL initialized on it (``GatewayEtl.on_target_joined``).
+Intra-cluster (cluster secret required, :mod:`aioetl.engine.node.auth`):
+``POST /v1/cluster/join`` (a target registers; the reply is the current smap and
+BMD, which are then pushed to every other target with ``PUT /v1/metasync``). A
+target that (re)joins once the cluster runs gets every Running ETL initialized on
+it once it has applied that map (``GatewayEtl.on_target_joined``).
 
 The BMD persists in ``<data>/gateway/bmd.json`` (write-to-temp, fsync, rename),
 so a restarted cluster has its buckets.
+
+This module is the gateway's entry point: :func:`run_gateway` builds the
+:class:`Gateway`, which builds the services (:mod:`.cluster`, :mod:`.metadata`,
+:mod:`.tasks`, :mod:`.etl`, :mod:`.jobs`) and hands each what it needs; none of
+them imports this module.
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import json
 import os
@@ -37,11 +42,16 @@ import structlog
 from aiohttp import web
 
 from aioetl.engine.core.names import make_uname, validate_bck_name, validate_obj_name
-from aioetl.engine.core.smap import Smap, Snode
+from aioetl.engine.core.smap import Snode
+from aioetl.engine.gateway.cluster import ClusterMap, PeerClient
+from aioetl.engine.gateway.etl import GatewayEtl
+from aioetl.engine.gateway.jobs import GatewayJobs
+from aioetl.engine.gateway.metadata import ClusterMeta, EtlMd, load_bmd
+from aioetl.engine.gateway.tasks import TaskOwner
 from aioetl.engine.node.auth import GATEWAY_INTERNAL, auth_headers, cluster_auth_middleware
-from aioetl.engine.node.httpd import error_middleware, json_response, read_action, split_obj_path
+from aioetl.engine.node.httpd import error_middleware, error_response, json_response, read_action, split_obj_path
 from aioetl.engine.target.target import serve_until_signalled, write_ready_file
-from aioetl.errors import AioetlError, AlreadyExists, BadRequest, NodeUnavailable, bck_not_found
+from aioetl.errors import AioetlError, AlreadyExists, BadRequest, NotFound
 
 __all__ = ["Gateway", "GatewayConfig", "run_gateway"]
 
@@ -49,7 +59,6 @@ log = structlog.get_logger("aioetl.gateway")
 
 DEFAULT_PAGE_SIZE = 10000
 _lso_enc = msgspec.msgpack.Encoder()
-_page_dec = msgspec.msgpack.Decoder()
 
 
 class GatewayConfig:
@@ -72,49 +81,41 @@ class GatewayConfig:
         self.cluster_secret = cluster_secret
 
 
-def _atomic_write_json(path: str, doc: Any) -> None:
-    """Write ``doc`` as JSON to ``path``: temp file (mode 0600: etlMD holds per-ETL
-    secrets), fsync, rename."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        os.fchmod(f.fileno(), 0o600)
-        json.dump(doc, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Gateway:
-    """The cluster's single gateway: owns smap and BMD, redirects object I/O."""
+    """The cluster's single gateway: the bucket and cluster routes, and the services it builds.
 
-    def __init__(self, cfg: GatewayConfig) -> None:
+    Built here, once, and passed to whoever needs them (no service reaches another
+    through the gateway):
+
+    - ``cluster`` (:class:`ClusterMap`): the smap; ``peers`` (:class:`PeerClient`): calls to
+      targets over ``session`` (the intra-cluster session, with the cluster credential;
+      attached by :func:`run_gateway` when not given);
+    - ``meta`` (:class:`ClusterMeta`): BMD, joins, metasync; ``etlmd`` (:class:`EtlMd`);
+    - ``tasks`` (:class:`TaskOwner`): background work, cancelled when the app shuts down;
+    - ``jobs`` (:class:`GatewayJobs`) and ``etl`` (:class:`GatewayEtl`), whose stop of an
+      ETL aborts the jobs using it (``on_stopped=jobs.abort_etl_jobs``).
+    """
+
+    def __init__(self, cfg: GatewayConfig, *, session: aiohttp.ClientSession | None = None) -> None:
         self.cfg = cfg
         self.node_id = cfg.node_id
-        self.bmd_path = os.path.join(cfg.data_dir, "gateway", "bmd.json")
-        self.bmd: dict[str, Any] = self._load_bmd()
-        self.smap = Smap(proxy=Snode(cfg.node_id, "proxy", ""), uuid=self.bmd.get("cluster_uuid", ""))
-        self.session: aiohttp.ClientSession | None = None
-        self._meta_lock = asyncio.Lock()
+        gw_dir = os.path.join(cfg.data_dir, "gateway")
+        bmd = load_bmd(os.path.join(gw_dir, "bmd.json"))
+        self.cluster = ClusterMap(proxy_id=cfg.node_id, uuid=bmd.get("cluster_uuid", ""),
+                                  cluster_json=os.path.join(cfg.data_dir, "cluster.json"))
+        self.peers = PeerClient(self.cluster, session)
+        self.meta = ClusterMeta(bmd=bmd, path=os.path.join(gw_dir, "bmd.json"), cluster=self.cluster, peers=self.peers)
+        self.etlmd = EtlMd(os.path.join(gw_dir, "etlmd.json"))
+        self.tasks = TaskOwner(cfg.node_id)
+        self.jobs = GatewayJobs(records_dir=os.path.join(gw_dir, "jobs"), meta=self.meta, etlmd=self.etlmd,
+                                cluster=self.cluster, peers=self.peers, tasks=self.tasks)
+        self.etl = GatewayEtl(etlmd=self.etlmd, cluster=self.cluster, peers=self.peers, tasks=self.tasks,
+                              on_stopped=self.jobs.abort_etl_jobs)
         self.log = log.bind(gateway=cfg.node_id)
-        from aioetl.engine.gateway.etl import GatewayEtl
-
-        self.etl = GatewayEtl(self)
-        from aioetl.engine.gateway.jobs import GatewayJobs
-
-        self.jobs = GatewayJobs(self)
-        self._bg: list[asyncio.Future[None]] = []
         self._summaries: dict[str, tuple[float, dict[str, Any]]] = {}
 
-    def _load_bmd(self) -> dict[str, Any]:
-        try:
-            with open(self.bmd_path) as f:
-                bmd: dict[str, Any] = json.load(f)
-                return bmd
-        except FileNotFoundError:
-            return {"version": 0, "buckets": {}, "cluster_uuid": secrets.token_hex(5)}
-
     def make_app(self) -> web.Application:
+        """The gateway's routes; the background tasks end when the app shuts down."""
         mws = [error_middleware(self.node_id),
                cluster_auth_middleware(self.cfg.cluster_secret, GATEWAY_INTERNAL, self.node_id)]
         app = web.Application(middlewares=mws, client_max_size=1 << 40)
@@ -133,81 +134,38 @@ class Gateway:
         r.add_route("GET", "/v1/reverse/daemon", self.reverse_daemon)
         self.etl.add_routes(app)
         self.jobs.add_routes(app)
+        app.on_shutdown.append(self._end_tasks)
         return app
 
-    async def on_etl_stopped(self, name: str, reason: str) -> None:
-        """Stopping (or losing) an ETL aborts the jobs that use it."""
-        await self.jobs.abort_etl_jobs(name, reason)
+    async def _end_tasks(self, _: web.Application) -> None:
+        await self.tasks.aclose()
 
     # -- cluster -----------------------------------------------------------
     async def daemon(self, request: web.Request) -> web.StreamResponse:
         what = request.query.get("what", "smap")
         if what == "smap":
-            return json_response(self.smap.to_json())
+            return json_response(self.cluster.smap.to_json())
         if what == "bmd":
-            return json_response(self.bmd)
+            return json_response(self.meta.bmd)
         if what == "snode":
-            return json_response(self.smap.proxy.to_json())
+            return json_response(self.cluster.proxy.to_json())
         raise BadRequest(f'invalid query "what={what}"')
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         return web.Response(status=200)
 
     async def join(self, request: web.Request) -> web.StreamResponse:
-        """A target registers (or re-registers with a new URL after a restart)."""
+        """A target registers (or re-registers with a new URL after a restart).
+
+        The new map goes to the other targets before the reply, the joiner takes it
+        from the reply; then the ETL service starts what the joiner should run, once
+        the joiner says it applied the map (:meth:`GatewayEtl.on_target_joined`).
+        """
         doc = await request.json()
         node = Snode(str(doc["daemon_id"]), "target", str(doc["url"]))
-        async with self._meta_lock:
-            self.smap.targets[node.daemon_id] = node
-            self.smap.version += 1
-            self.log.info("target joined", target=node.daemon_id, url=node.url, version=self.smap.version)
-            meta = self._meta()
-        # push to the others; the joiner gets it in the reply
-        await self._metasync(meta, skip=node.daemon_id)
-        if self.etl.restart_pending:
-            if self._expected_joined():
-                self._bg.append(asyncio.ensure_future(self._restart_etls_soon()))
-        else:
-            self.etl.on_target_joined(node)  # a restarted target has no pods: start the Running ETLs there
+        meta = await self.meta.join(node)
+        self.etl.on_target_joined(node)
         return json_response(meta)
-
-    def _expected_joined(self) -> bool:
-        try:
-            with open(os.path.join(self.cfg.data_dir, "cluster.json")) as f:
-                want = {t["id"] for t in json.load(f)["targets"]}
-        except (OSError, ValueError, KeyError):
-            return True
-        return want <= set(self.smap.targets)
-
-    async def _restart_etls_soon(self) -> None:
-        await asyncio.sleep(0.5)  # let the joiner finish its start-up (ready file, routes)
-        await self.etl.restart_after_boot()
-
-    def _meta(self) -> dict[str, Any]:
-        return {"smap": self.smap.to_json(), "bmd": self.bmd}
-
-    async def _metasync(self, meta: dict[str, Any], skip: str = "") -> None:
-        """Push smap+BMD to every target; a target that does not answer is logged."""
-        assert self.session is not None
-        targets = [t for t in self.smap.targets.values() if t.daemon_id != skip]
-
-        async def one(t: Snode) -> None:
-            try:
-                async with self.session.put(f"{t.url}/v1/metasync", json=meta) as r:  # type: ignore[union-attr]
-                    if r.status != 200:
-                        self.log.warning("metasync refused", target=t.daemon_id, status=r.status)
-            except aiohttp.ClientError as e:
-                self.log.warning("metasync failed", target=t.daemon_id, err=str(e))
-
-        await asyncio.gather(*(one(t) for t in targets))
-
-    async def _update_bmd(self, change: Any) -> None:
-        async with self._meta_lock:
-            change(self.bmd["buckets"])
-            self.bmd["version"] += 1
-            await asyncio.get_running_loop().run_in_executor(None, _atomic_write_json, self.bmd_path, self.bmd)
-            meta = self._meta()
-        await self._metasync(meta)
 
     async def reverse_daemon(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/reverse/daemon?what=..`` with header ``Ais-Node-Id``: a node's own
@@ -232,22 +190,15 @@ class Gateway:
             raise BadRequest("reverse request without the Ais-Node-Id header")
         if node_id == self.node_id:
             if what == "node_status":
-                return json_response(self._node_status(self.smap.proxy, None))
+                return json_response(self._node_status(self.cluster.proxy, None))
             return await self.daemon(request)
-        t = self.smap.targets.get(node_id)
+        t = self.cluster.target(node_id)
         if t is None:
-            from aioetl.errors import NotFound
-
-            raise NotFound(f"node {node_id} does not exist (not in the cluster map v{self.smap.version})")
-        assert self.session is not None
+            raise NotFound(f"node {node_id} does not exist (not in the cluster map v{self.cluster.version})")
         path = "/v1/daemon?what=" + ("capacity" if what == "node_status" else what)
-        try:
-            async with self.session.get(t.url + path, timeout=aiohttp.ClientTimeout(total=15)) as r:
-                body = await r.read()
-                if what != "node_status" or r.status != 200:
-                    return web.Response(status=r.status, body=body, content_type=r.content_type)
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise NodeUnavailable(f"target {node_id} unreachable: {e!r}") from e
+        status, body, ctype = await self.peers.get(t, path, timeout_s=15)
+        if what != "node_status" or status != 200:
+            return web.Response(status=status, body=body, content_type=ctype)
         return json_response(self._node_status(t, json.loads(body).get("mountpaths") or []))
 
     def _node_status(self, node: Any, mountpaths: list[dict[str, Any]] | None) -> dict[str, Any]:
@@ -277,7 +228,8 @@ class Gateway:
                         mem_avail = int(v.split()[0]) * 1024
         except OSError:
             pass
-        primary = self.smap.proxy
+        smap = self.cluster.smap
+        primary = smap.proxy
         return {
             "snode": node.to_json(),
             "tracker": {},
@@ -289,15 +241,16 @@ class Gateway:
             "ais_version": ver,
             "build_time": "",
             "k8s_pod_name": "",
-            "cluster": {"smap": {"primary": {"pub_url": primary.url, "control_url": primary.url, "id": primary.daemon_id},
-                                 "uuid": self.smap.uuid, "version": str(self.smap.version)},
-                        "bmd": {"uuid": self.smap.uuid, "version": str(self.bmd.get("version", 0))},
+            "cluster": {"smap": {"primary": {"pub_url": primary.url, "control_url": primary.url,
+                                             "id": primary.daemon_id},
+                                 "uuid": smap.uuid, "version": str(smap.version)},
+                        "bmd": {"uuid": smap.uuid, "version": str(self.meta.version)},
                         "flags": 0},
             "sys_info": {"mem_used": max(mem_total - mem_avail, 0), "mem_avail": mem_avail,
                          "pct_mem_used": round(100.0 * (mem_total - mem_avail) / mem_total, 2) if mem_total else 0.0,
                          "pct_cpu_used": 0.0, "load_avg": {"one": load[0], "five": load[1], "fifteen": load[2]},
                          "cpu_util": 0},
-            "smap_version": str(self.smap.version),
+            "smap_version": str(smap.version),
         }
 
     # -- buckets -----------------------------------------------------------
@@ -308,35 +261,17 @@ class Gateway:
             raise BadRequest(f'provider "{provider}" is not supported: aioetl holds ais:// buckets only')
         return bck
 
-    def _require(self, bck: str) -> dict[str, Any]:
-        props: dict[str, Any] | None = self.bmd["buckets"].get(bck)
-        if props is None:
-            raise bck_not_found(bck)
-        return props
-
     async def bck_post(self, request: web.Request) -> web.StreamResponse:
         bck = self._bck(request)
         action, value = await read_action(request)
         if action == "create-bck":
-            if bck in self.bmd["buckets"]:
+            if self.meta.has_bucket(bck):
                 raise AlreadyExists(f'bucket "ais://{bck}" already exists')
-            await self.create_bucket(bck)
+            await self.meta.create_bucket(bck)
             return web.Response(status=200)
         if action in ("etl-bck", "etl-listrange", "copy-bck", "copy-listrange"):
             return await self.jobs.start(request, bck, action, value)
         raise BadRequest(f'invalid action "{action}" for POST /v1/buckets/{bck}')
-
-    async def create_bucket(self, bck: str, like: str = "") -> None:
-        """Add ``bck`` to the BMD (props copied from ``like`` if given), persist, push to targets."""
-        props = {"provider": "ais", "created": time.time_ns(), "bid": secrets.randbits(48)}
-        if like and like in self.bmd["buckets"]:
-            props = {**self.bmd["buckets"][like], "created": props["created"], "bid": props["bid"]}
-
-        def add(b: dict[str, Any]) -> None:
-            b.setdefault(bck, props)
-
-        await self._update_bmd(add)
-        self.log.info("bucket created", bck=bck, like=like)
 
     async def bck_delete(self, request: web.Request) -> web.StreamResponse:
         bck = self._bck(request)
@@ -345,20 +280,15 @@ class Gateway:
             return await self.jobs.start(request, bck, action, value)
         if action not in ("", "destroy-bck"):
             raise BadRequest(f'invalid action "{action}" for DELETE /v1/buckets/{bck}')
-        self._require(bck)
-
-        def drop(b: dict[str, Any]) -> None:
-            b.pop(bck, None)
-
-        await self._update_bmd(drop)
-        self.log.info("bucket destroyed", bck=bck)
+        self.meta.require_bucket(bck)
+        await self.meta.destroy_bucket(bck)
         return web.Response(status=200)
 
     async def bck_head(self, request: web.Request) -> web.StreamResponse:
         """Bucket props; with ``presence`` (the SDK's ``info()``), an async summary:
         202 + ``Ais-Xaction-Id`` first, then 200 + ``Ais-Bucket-Summ`` when asked with ``uuid``."""
         bck = self._bck(request)
-        props = self._require(bck)
+        props = self.meta.require_bucket(bck)
         doc = {
             "provider": "ais",
             "name": bck,
@@ -392,7 +322,7 @@ class Gateway:
 
     async def bucket_summary(self, bck: str, prefix: str = "") -> dict[str, Any]:
         """Objects and bytes of ``bck`` (with ``prefix``) across all targets, as AIStore's BsummResult."""
-        pages = await self._gather_targets("GET", f"/v1/buckets/{bck}?what=summary", {"prefix": prefix})
+        pages = await self.peers.gather_pages("GET", f"/v1/buckets/{bck}?what=summary", {"prefix": prefix})
         count = sum(int(p["count"]) for p in pages)
         size = sum(int(p["size"]) for p in pages)
         disks = sum(int(p["disks"]) for p in pages)
@@ -414,7 +344,7 @@ class Gateway:
             return json_response([])
         out = [
             {"name": name, "provider": "ais", "namespace": {"uuid": "", "name": ""}}
-            for name in sorted(self.bmd["buckets"])
+            for name in self.meta.bucket_names()
         ]
         return json_response(out)
 
@@ -422,10 +352,10 @@ class Gateway:
         bck = self._bck(request)
         action, value = await read_action(request, required=False)
         if action in ("", "list"):
-            self._require(bck)
+            self.meta.require_bucket(bck)
             return await self.list_objects(bck, value if value is not None else {})
         if action == "summary-bck":
-            self._require(bck)
+            self.meta.require_bucket(bck)
             v = value if isinstance(value, dict) else {}
             if not v.get("uuid"):
                 uuid = self._stash_summary(await self.bucket_summary(bck, str(v.get("prefix") or "")))
@@ -459,10 +389,10 @@ class Gateway:
         name_only = bool(flags & (1 << 4))  # apc.LsNameOnly
         name_size = bool(flags & (1 << 5))  # apc.LsNameSize
         body = {"uuid": uuid, "prefix": prefix, "token": token, "pagesize": pagesize}
-        pages = await self._gather_targets("GET", f"/v1/buckets/{bck}", body)
+        pages = await self.peers.gather_pages("GET", f"/v1/buckets/{bck}", body)
         more = any(p["more"] for p in pages)
         merged = heapq.merge(*(p["entries"] for p in pages), key=lambda e: e[0])
-        entries = []
+        entries: list[list[Any]] = []  # [name, size, cksum, version, atime_ns, custom] per object
         for e in merged:
             if len(entries) == pagesize:
                 more = True
@@ -488,38 +418,20 @@ class Gateway:
         res = {"UUID": uuid, "ContinuationToken": next_token, "Entries": out_entries, "Flags": 0}
         return web.Response(body=_lso_enc.encode(res), content_type="application/msgpack")
 
-    async def _gather_targets(self, method: str, path: str, body: Any) -> list[Any]:
-        assert self.session is not None
-        targets = list(self.smap.targets.values())
-        if not targets:
-            raise NodeUnavailable("no targets in the cluster map")
-
-        async def one(t: Snode) -> Any:
-            try:
-                async with self.session.request(method, t.url + path, json=body) as r:  # type: ignore[union-attr]
-                    data = await r.read()
-                    if r.status != 200:
-                        raise NodeUnavailable(f"target {t.daemon_id} failed: {r.status} {data[:300]!r}")
-                    return _page_dec.decode(data)
-            except aiohttp.ClientError as e:
-                raise NodeUnavailable(f"target {t.daemon_id} unreachable: {e}") from e
-
-        return list(await asyncio.gather(*(one(t) for t in targets)))
-
     # -- objects -----------------------------------------------------------
     async def redirect_object(self, request: web.Request) -> web.StreamResponse:
         """307 to the HRW owner, after checking the names and the bucket."""
         bck, obj = split_obj_path(request)
         validate_bck_name(bck)
-        self._require(bck)
+        self.meta.require_bucket(bck)
         validate_obj_name(obj)
         q = request.query
         if q.get("etl_name"):
-            self.etl.require_running(q["etl_name"])
+            self.etlmd.require_running(q["etl_name"])
             for stage in (q.get("etl_pipeline") or "").split(","):
                 if stage.strip():
-                    self.etl.require_running(stage.strip())
-        owner = self.smap.hrw_target(make_uname(bck, obj))
+                    self.etlmd.require_running(stage.strip())
+        owner = self.cluster.smap.hrw_target(make_uname(bck, obj))
         # a plain response: raising HTTPTemporaryRedirect costs ~8x more per request (measured)
         return web.Response(status=307, headers={"Location": owner.url + request.raw_path})
 
@@ -531,25 +443,30 @@ class Gateway:
         try:
             return await self.redirect_object(request)
         except AioetlError as e:
-            from aioetl.engine.node.httpd import error_response
-
             return error_response(request, e.status, e.message, self.node_id)
 
 
 async def run_gateway(cfg: GatewayConfig) -> None:
-    """Process main of the gateway: serve until SIGTERM/SIGINT."""
-    gw = Gateway(cfg)
+    """Process main of the gateway: build it and its services, serve until SIGTERM/SIGINT.
+
+    On the way out the app's shutdown cancels the background tasks (:class:`TaskOwner`),
+    then its cleanup closes the intra-cluster session they used.
+    """
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=auth_headers(cfg.cluster_secret))
+    gw = Gateway(cfg, session=session)
     app = gw.make_app()
 
     async def started(url: str) -> None:
-        gw.smap.proxy = Snode(cfg.node_id, "proxy", url)
-        gw.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=auth_headers(cfg.cluster_secret))
+        gw.cluster.set_proxy_url(url)
         write_ready_file(cfg.run_dir, cfg.node_id, url)
-        gw.log.info("gateway ready", url=url, buckets=len(gw.bmd["buckets"]))
+        gw.log.info("gateway ready", url=url, buckets=len(gw.meta.bucket_names()))
 
     async def close_session(_: web.Application) -> None:
-        if gw.session is not None:
-            await gw.session.close()
+        await session.close()
 
     app.on_cleanup.append(close_session)
-    await serve_until_signalled(app, cfg.host, cfg.port, started)
+    try:
+        await serve_until_signalled(app, cfg.host, cfg.port, started)
+    finally:
+        if not session.closed:  # the app never started (its cleanup did not run)
+            await session.close()

@@ -35,21 +35,21 @@ import json
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from aioetl.engine.core.names import parse_uname, validate_bck_name
 from aioetl.engine.core.smap import Snode
+from aioetl.engine.gateway.cluster import ClusterMap, PeerClient, Reply, err_text
+from aioetl.engine.gateway.metadata import ClusterMeta, EtlMd
+from aioetl.engine.gateway.tasks import TaskOwner
 from aioetl.engine.node.httpd import json_response, read_action, read_json
 from aioetl.errors import BadRequest, NotFound
 from aioetl.xactions.records import atomic_write_json
 from aioetl.xactions.tcb import COPY_BCK, DELETE_LISTRANGE, ETL_BCK, LISTRANGE_KINDS, TcbMsg
 from aioetl.xactions.xact import GO_ZERO_TIME, State, Xaction, new_xid, rfc3339
-
-if TYPE_CHECKING:
-    from aioetl.engine.gateway.gateway import Gateway
 
 __all__ = ["RESTART_REASON", "GatewayJobs", "aggregate_status", "ended_snap", "lost_reason", "missing_reason",
            "sum_stats"]
@@ -89,6 +89,11 @@ def _snap_obj_errs(s: dict[str, Any]) -> tuple[int, list[str]]:
     if m:
         return int(m.group(1)), [m.group(2)]
     return 0, []
+
+
+def _err_total(snaps: dict[str, list[dict[str, Any]]]) -> int:
+    """Object errors summed over every snapshot of ``snaps`` (``{tid: [snap]}``)."""
+    return sum(_snap_obj_errs(s)[0] for ss in snaps.values() for s in ss)
 
 
 def aggregate_status(xid: str, kind: str, snaps: dict[str, list[dict[str, Any]]], lost: list[str],
@@ -186,11 +191,24 @@ class GatewayJobs:
     Ended jobs are answered from the record, so they read the same after a
     restart; jobs found running at start-up are recorded as aborted with
     :data:`RESTART_REASON`.
+
+    Args:
+        records_dir: where the job records live (``<data>/gateway/jobs``).
+        meta: the buckets (a job's source must exist; a missing destination is created).
+        etlmd: the ETLs (a job's ETL and pipeline stages must be Running).
+        cluster: the targets a job starts on.
+        peers: how the targets are called.
+        tasks: owner of the watcher task.
     """
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self.dir = os.path.join(gw.cfg.data_dir, "gateway", "jobs")
+    def __init__(self, *, records_dir: str, meta: ClusterMeta, etlmd: EtlMd, cluster: ClusterMap, peers: PeerClient,
+                 tasks: TaskOwner) -> None:
+        self.dir = records_dir
+        self.meta = meta
+        self.etlmd = etlmd
+        self.cluster = cluster
+        self.peers = peers
+        self.tasks = tasks
         self.jobs: dict[str, dict[str, Any]] = self._load()
         self._watcher: asyncio.Task[None] | None = None
 
@@ -221,7 +239,7 @@ class GatewayJobs:
                 snaps = {tid: [ended_snap(job, tid, RESTART_REASON, (last.get(tid) or [None])[0])]
                          for tid in job.get("targets", [])}
                 job.update(state="aborted", aborted=True, end=now, err=RESTART_REASON, snaps=snaps,
-                           stats=sum_stats(snaps), err_total=sum(_snap_obj_errs(s)[0] for ss in snaps.values() for s in ss))
+                           stats=sum_stats(snaps), err_total=_err_total(snaps))
                 self._save_sync(job)
                 log.info("job was running when the cluster stopped: recorded as aborted", xid=xid)
             out[xid] = job
@@ -265,8 +283,7 @@ class GatewayJobs:
             full[tid] = [ended_snap(job, tid, reason, last[0])]
         st = aggregate_status(job["id"], job["kind"], snaps, lost, missing)
         job.update(state="aborted" if st["aborted"] else "finished", aborted=st["aborted"], err=st["err"],
-                   end=time.time_ns(), snaps=full, stats=sum_stats(snaps),
-                   err_total=sum(_snap_obj_errs(s)[0] for ss in snaps.values() for s in ss))
+                   end=time.time_ns(), snaps=full, stats=sum_stats(snaps), err_total=_err_total(snaps))
         await self._save(job)
         log.info("job ended", xid=job["id"], state=job["state"], err=job["err"], stats=job["stats"])
         return True
@@ -274,7 +291,7 @@ class GatewayJobs:
     # -- watcher ---------------------------------------------------------------------
     def _ensure_watcher(self) -> None:
         if self._watcher is None or self._watcher.done():
-            self._watcher = asyncio.ensure_future(self._watch())
+            self._watcher = self.tasks.spawn(self._watch(), name="job-watcher")
 
     async def _watch(self) -> None:
         """Poll running jobs until none is left: records ends, lost and restarted targets."""
@@ -295,25 +312,18 @@ class GatewayJobs:
                 except Exception as e:
                     log.warning("job watch failed", xid=job.get("id"), err=repr(e))
 
-    async def _stop_watcher(self, _: web.Application) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watcher
-
     def add_routes(self, app: web.Application) -> None:
-        """Register the job routes (module docstring) and the watcher's cleanup."""
+        """Register the job routes (module docstring); the watcher is a task of ``tasks``."""
         r = app.router
         r.add_route("GET", "/v1/cluster", self.h_cluster_get)
         r.add_route("PUT", "/v1/cluster", self.h_cluster_put)
         r.add_route("GET", "/v1/jobs", self.h_jobs)
         r.add_route("GET", "/v1/jobs/{id}/errors", self.h_errors)
         r.add_route("POST", "/v1/jobs/{id}/_abort", self.h_abort_from_target)
-        app.on_cleanup.append(self._stop_watcher)
 
     async def _each(self, method: str, path: str, body: Any = None, timeout_s: float = 15.0,
-                    targets: list[Snode] | None = None) -> list[tuple[Snode, int, bytes]]:
-        return await self.gw.etl._each_target(method, path, body=body, timeout_s=timeout_s, targets=targets)
+                    targets: list[Snode] | None = None) -> list[Reply]:
+        return await self.peers.each_target(method, path, body=body, timeout_s=timeout_s, targets=targets)
 
     # -- start ---------------------------------------------------------------------
     async def start(self, request: web.Request, src: str, action: str, value: Any) -> web.StreamResponse:
@@ -330,11 +340,11 @@ class GatewayJobs:
             NotFound: the source bucket or an ETL of the pipeline is missing or not Running.
         """
         msg = TcbMsg.parse(action, value)
-        self.gw._require(src)
+        self.meta.require_bucket(src)
         if msg.etl_name:
-            self.gw.etl.require_running(msg.etl_name)
+            self.etlmd.require_running(msg.etl_name)
         for stage in msg.pipeline:
-            self.gw.etl.require_running(stage)
+            self.etlmd.require_running(stage)
         if action in (ETL_BCK, COPY_BCK):
             bck_to = request.query.get("bck_to", "")
             if not bck_to:
@@ -348,12 +358,13 @@ class GatewayJobs:
         if dst == src and not msg.dry_run and action != DELETE_LISTRANGE:
             raise BadRequest(f'{action}: source and destination are the same bucket "ais://{src}" '
                              "(only a dry run may transform a bucket onto itself)")
-        if not self.gw.smap.targets:
+        targets = self.cluster.targets()
+        if not targets:
             raise BadRequest(f"{action}: no targets in the cluster map")
-        if dst not in self.gw.bmd["buckets"]:
-            await self.gw.create_bucket(dst, like=src)
+        if not self.meta.has_bucket(dst):
+            await self.meta.create_bucket(dst, like=src)
         xid = new_xid("tco-" if action in LISTRANGE_KINDS else "")
-        targets = list(self.gw.smap.targets.values())
+        targets = self.cluster.targets()
         wire = msg.to_wire()
         job: dict[str, Any] = {"id": xid, "kind": action, "src": src, "dst": dst, "etl": msg.etl_name,
                                "pipeline": msg.pipeline, "msg": wire, "targets": [t.daemon_id for t in targets],
@@ -366,9 +377,9 @@ class GatewayJobs:
         if failed:
             await self._each("POST", "/v1/xactions/_abort", {"id": xid, "err": "job start failed"})
             t, st, b = failed[0]
-            text = self.gw.etl._err_text(b)
-            job.update(state="aborted", aborted=True, end=time.time_ns(),
-                       err=f"{action}: could not start on target {t.daemon_id}: {text}", snaps={}, stats={}, err_total=0)
+            text = err_text(b)
+            job.update(state="aborted", aborted=True, end=time.time_ns(), snaps={}, stats={}, err_total=0,
+                       err=f"{action}: could not start on target {t.daemon_id}: {text}")
             await self._save(job)
             if st == 404:
                 raise NotFound(text)
@@ -405,11 +416,11 @@ class GatewayJobs:
             elif t.daemon_id in mine:
                 lost.append(t.daemon_id)
         if job is not None:
-            lost += [tid for tid in job["targets"] if tid not in self.gw.smap.targets]
+            lost += [tid for tid in job["targets"] if not self.cluster.has_target(tid)]
         # a target's share that ended aborted (e.g. its record says it restarted) aborts the rest
         # too; a target's own first error already does that through h_abort_from_target
-        restarted = [s["abort-err"] for tid in mine for s in out.get(tid, [])
-                     if started and s.get("aborted") and "restarted while the job was running" in str(s.get("abort-err"))]
+        restarted = [s["abort-err"] for tid in mine for s in out.get(tid, []) if started and s.get("aborted")
+                     and "restarted while the job was running" in str(s.get("abort-err"))]
         if (lost or missing or restarted) and job is not None and not job.get("lost_handled"):
             job["lost_handled"] = True
             err = missing_reason(xid, missing[0]) if missing else lost_reason(xid, lost) if lost else restarted[0]
@@ -541,9 +552,9 @@ class GatewayJobs:
             if rec is not None and rec.get("state") in _FINAL:
                 continue
             snaps = {tid: [s] for tid, s in j.pop("snaps").items()}
-            st = aggregate_status(xid, j["kind"], snaps, [])
+            status = aggregate_status(xid, j["kind"], snaps, [])
             t0 = min(_parse_start(ss[0]) for ss in snaps.values())
-            rows.append((t0, {**j, **st, "stats": sum_stats(snaps)}))
+            rows.append((t0, {**j, **status, "stats": sum_stats(snaps)}))
         for xid, rec in self.jobs.items():
             if xid in per and rec.get("state") not in _FINAL:
                 continue
