@@ -25,7 +25,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -187,7 +187,7 @@ def test_metasync_with_empty_bmd_is_refused_and_deletes_nothing(cl: LocalCluster
 
 
 class _Impostor(BaseHTTPRequestHandler):
-    hits: list[str] = []
+    hits: ClassVar[list[str]] = []
 
     def _any(self) -> None:
         type(self).hits.append(f"{self.command} {self.path}")
@@ -299,8 +299,8 @@ def test_node_without_a_secret_does_not_start(tmp_path) -> None:  # type: ignore
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = subprocess.run([sys.executable, "-m", "aioetl.engine.node.main", "gateway", "--id", "p-x", "--data", str(tmp_path),
-                        "--port", str(port)], env=env, capture_output=True, timeout=60,
+    p = subprocess.run([sys.executable, "-m", "aioetl.engine.node.main", "gateway", "--id", "p-x",
+                        "--data", str(tmp_path), "--port", str(port)], env=env, capture_output=True, timeout=60,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert p.returncode != 0
     assert b"cluster secret" in p.stderr

@@ -79,7 +79,8 @@ class FakeApt:
         tool, sub = Path(cmd[0]).name, cmd[1]
         if tool == "apt-get" and sub == "update":
             if self.update_fails:
-                return subprocess.CompletedProcess(cmd, 100, "", "E: Could not open lock file - open (13: Permission denied)")
+                return subprocess.CompletedProcess(cmd, 100, "",
+                                                   "E: Could not open lock file - open (13: Permission denied)")
             self.lists_missing = False
             return subprocess.CompletedProcess(cmd, 0, "", "")
         if tool == "apt-get" and sub == "download":

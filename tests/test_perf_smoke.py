@@ -65,7 +65,8 @@ def test_tiny_cluster_run_writes_complete_results(tmp_path: Path) -> None:
         if key[1] == "cluster":  # every request went through the gateway's 307
             assert x["extra"]["redirects_followed"] + x["extra"]["manual_redirects"] == x["count"], key
 
-    want_ratios = {f"{a}_vs_{b}_{op}_{size}" for a, b in (("cluster", "echo"), ("direct", "echo"), ("cluster", "direct"))
+    want_ratios = {f"{a}_vs_{b}_{op}_{size}"
+                   for a, b in (("cluster", "echo"), ("direct", "echo"), ("cluster", "direct"))
                    for op in OPS for size in SIZES}
     assert set(doc["ratios"]) == want_ratios
     assert all(_positive(v) for v in doc["ratios"].values())
@@ -114,7 +115,8 @@ def test_stat_helpers() -> None:
 def test_rss_sampler_counts_descendants_and_survives_their_exit() -> None:
     """A child that holds 64 MiB resident is in the peak (the tree is resolved on
     enter), and the child exiting mid-sampling does not void the samples."""
-    code = "import sys, time; b = bytearray(64 << 20); b[::4096] = b'x' * len(b[::4096]); print('ok', flush=True); time.sleep(0.6)"
+    code = ("import sys, time; b = bytearray(64 << 20); b[::4096] = b'x' * len(b[::4096]); print('ok', flush=True); "
+            "time.sleep(0.6)")
     alone = RssSampler([os.getpid()])
     alone.sample()
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -147,7 +149,8 @@ def test_filesystem_of_picks_longest_mount(tmp_path: Path) -> None:
 def _run_tiny(tmp_path: Path, name: str, *flags: str) -> tuple[dict, subprocess.CompletedProcess[str]]:
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "perf", "--tiny", "--only", name, "--out", str(out), "--data-dir", str(tmp_path), *flags],
+        [sys.executable, "-m", "perf", "--tiny", "--only", name, "--out", str(out), "--data-dir", str(tmp_path),
+         *flags],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -250,7 +253,8 @@ def test_tiny_matrix_pods_workloads_write_json_png_and_markdown(tmp_path: Path) 
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads((out / "results.json").read_text())
-    assert {"machine", "mode", "benchmarks", "measurements", "ratios", "charts", "wall_s", "data_on_tmpfs"} <= doc.keys()
+    assert {"machine", "mode", "benchmarks", "measurements", "ratios", "charts", "wall_s",
+            "data_on_tmpfs"} <= doc.keys()
     assert doc["data_on_tmpfs"] is (filesystem_of(str(tmp_path))["fstype"] == "tmpfs")
     for name in ("offline", "pods", "matrix", "workloads"):
         bench = doc["benchmarks"][name]

@@ -219,7 +219,8 @@ def _plan(cluster: LocalCluster, outside: str, free_port: int, other_etl: str, p
         "/": "/evil.txt",
         "/usr": "/usr/evil.txt",
         "/tmp": "/tmp/evil.txt",
-        "aioetl source tree": os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(pods.__file__))), "evil.txt"),
+        "aioetl source tree": os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(pods.__file__))),
+                                           "evil.txt"),
         "a directory outside": os.path.join(outside, "evil.txt"),
     }
     for tid, tmps in mps.items():
@@ -282,7 +283,8 @@ def test_hostile_transform_is_confined(conf_cluster: LocalCluster, tmp_path: Any
                 if not res.get(ok_attempt, "").startswith("ok"):
                     failures.append(f"{comm}: {ok_attempt!r} failed: {res.get(ok_attempt)}")
             for label in INTERNAL_CALLS:
-                for node, cred in [(n, c) for n in ("own target", "gateway") for c in ("", ", ETL secret as credential")]:
+                for node, cred in [(n, c) for n in ("own target", "gateway")
+                                   for c in ("", ", ETL secret as credential")]:
                     attempt = f"internal {label} on {node}{cred}"
                     outcome = res.get(attempt, "missing")
                     # where the route exists: refused for want of the secret; elsewhere: not found
@@ -307,7 +309,8 @@ def test_hostile_transform_is_confined(conf_cluster: LocalCluster, tmp_path: Any
     # the internal calls changed nothing: every source object listed and intact, no impostor
     listed = {e.name for e in src.list_all_objects()}
     if listed != set(objs):
-        failures.append(f"source bucket changed: missing {sorted(set(objs) - listed)[:5]}, extra {sorted(listed - set(objs))[:5]}")
+        failures.append(f"source bucket changed: missing {sorted(set(objs) - listed)[:5]}, "
+                        f"extra {sorted(listed - set(objs))[:5]}")
     bad = [k for k, v in objs.items() if src.object(k).get_reader().read_all() != v]
     if bad:
         failures.append(f"source objects unreadable or changed: {bad[:5]}")

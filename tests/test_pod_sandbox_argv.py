@@ -79,8 +79,8 @@ def test_landlock_prefix_binds_own_port(tmp_path: Any) -> None:
     a = _argv(tmp_path)
     tail = a[a.index("--") + 1:]
     assert tail[:4] == ["/usr/bin/python3", "-I", "-S", "-c"] and tail[5] == "4321"
-    a2 = pods.sandbox_argv(bwrap="bwrap", python="py", data_dir=str(tmp_path), read_dirs=[], pod_dir=str(tmp_path / "p"),
-                           ro_paths=[], bind_port=1, landlock=False)
+    a2 = pods.sandbox_argv(bwrap="bwrap", python="py", data_dir=str(tmp_path), read_dirs=[],
+                           pod_dir=str(tmp_path / "p"), ro_paths=[], bind_port=1, landlock=False)
     assert a2[-1] == "--"
 
 
@@ -108,8 +108,8 @@ def test_symlinked_mountpath_is_seen_where_the_target_names_it(tmp_path: Any) ->
     os.symlink(tmp_path / "fast" / "t1", data / "targets" / "t1")
     pod = data / "etl-pods" / "e" / "t1"
     pod.mkdir(parents=True)
-    a = pods.sandbox_argv(bwrap="bwrap", python="py", data_dir=str(data), read_dirs=[str(data / "targets" / "t1" / "mp0")],
-                          pod_dir=str(pod), ro_paths=[], bind_port=1)
+    a = pods.sandbox_argv(bwrap="bwrap", python="py", data_dir=str(data),
+                          read_dirs=[str(data / "targets" / "t1" / "mp0")], pod_dir=str(pod), ro_paths=[], bind_port=1)
     binds = [(a[i + 1], a[i + 2]) for i, x in enumerate(a) if x == "--ro-bind"]
     assert (str(real), str(data / "targets" / "t1" / "mp0")) in binds
     mask = a.index("--tmpfs")

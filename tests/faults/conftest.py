@@ -83,7 +83,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     short = ["att", "ok", "err", "misattr", "corrupt", "silent", "err+present", "collat", "extra", "aborted"]
     tr.write_line(f"{'case':<58} " + " ".join(f"{h:>7}" for h in short) + "  verdict")
     for r in rows:
-        tr.write_line(f"{r['case'][:58]:<58} " + " ".join(f"{r.get(c, 0):>7}" for c in _COLS) + f"  {r.get('verdict', '')}")
+        tr.write_line(f"{r['case'][:58]:<58} " + " ".join(f"{r.get(c, 0):>7}" for c in _COLS)
+                      + f"  {r.get('verdict', '')}")
     tot = {c: sum(int(r.get(c, 0)) for r in rows) for c in _COLS}
     tr.write_line(f"{'TOTAL':<58} " + " ".join(f"{tot[c]:>7}" for c in _COLS))
     doc = json.dumps({"cases": rows, "total": tot}, indent=1)

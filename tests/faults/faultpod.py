@@ -189,7 +189,8 @@ async def handle_http(method: str, target: str, headers: dict[str, str], body: b
         writer.write(_response(200, "OK", out + b"+16-extra-bytes+", {"Content-Length": str(len(out))}))
         return True
     if mode == "cut":
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + f"{len(half):x}\r\n".encode() + half + b"\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + f"{len(half):x}\r\n".encode() + half
+                     + b"\r\n")
         await writer.drain()
         return False
     if mode == "nolen":
@@ -301,7 +302,8 @@ async def ws_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         pipeline = ctrl.get("pipeline", "")
         if pipeline:
             st = await direct_put(pipeline, path, out)
-            writer.write(_frame(0x1, str(len(out)).encode() if st in (200, 204) else f"direct put failed: {st}".encode()))
+            ack = str(len(out)).encode() if st in (200, 204) else f"direct put failed: {st}".encode()
+            writer.write(_frame(0x1, ack))
         else:
             writer.write(_frame(0x2, out))
         if mode == "two":

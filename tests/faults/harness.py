@@ -295,7 +295,7 @@ def run_inline(t: Tally, endpoint: str, bck: str, etl_name: str, objs: dict[str,
     t.attempted = len(objs)
     with ThreadPoolExecutor(threads) as ex:
         results = list(ex.map(one, list(objs)))
-    for name, status, body, exc in results:
+    for name, status, body, _exc in results:
         bad = bool(mode_of(name))
         data = objs[name]
         if status == 200 and body is not None:

@@ -121,7 +121,7 @@ def test_without_cont_on_err_the_first_bad_object_aborts_and_nothing_partial_rem
 
 
 def test_nothing_lands_after_an_abort(clusters: Any) -> None:
-    cluster, client = clusters.get(3)
+    _cluster, client = clusters.get(3)
     objs = make_objects([], n=40)
     src_name, dst_name, etl = f"fsrc-{uid()}", f"fdst-{uid()}", f"fab-{uid()}"
     src = upload(client, src_name, objs)
@@ -130,7 +130,7 @@ def test_nothing_lands_after_an_abort(clusters: Any) -> None:
         job = src.transform(etl_name=etl, to_bck=client.bucket(dst_name), num_workers=2)
         _wait_progress(client, job, 3)
         client.job(job).abort()
-        success, aborted, err = wait_job(client, job)
+        success, aborted, _err = wait_job(client, job)
         at_end = dst_contents(client, dst_name)
         time.sleep(SETTLE_S)
         later = dst_contents(client, dst_name)
@@ -322,7 +322,7 @@ def small_disk_cluster(own_data_dir: str) -> Iterator[tuple[LocalCluster, str]]:
 
 
 def test_full_disk_during_a_put_and_a_job(small_disk_cluster: tuple[LocalCluster, str]) -> None:
-    c, mp = small_disk_cluster
+    c, _mp = small_disk_cluster
     client = make_sdk_client(c.endpoint)
     problems: list[str] = []
     b = client.bucket("disk").create()

@@ -50,7 +50,8 @@ def pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
 
 def _raw(port: int, name: str, body: bytes, wait_s: float = 10.0) -> bytes:
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(f"PUT /b/{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    s.sendall(f"PUT /b/{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+              + body)
     s.settimeout(wait_s)
     out = b""
     try:
@@ -72,7 +73,8 @@ def test_http_modes_break_the_wire_as_documented(pod: tuple[int, str]) -> None:
     half = out[: len(out) // 2]
     assert _raw(port, "ok-1.bin", data).endswith(b"\r\n\r\n" + out)
     assert _raw(port, "bad-none-1.bin", data) == b""
-    assert _raw(port, "bad-short-1.bin", data) == f"HTTP/1.1 200 OK\r\nContent-Length: {len(out)}\r\n\r\n".encode() + half
+    assert _raw(port, "bad-short-1.bin", data) == (f"HTTP/1.1 200 OK\r\nContent-Length: {len(out)}\r\n\r\n".encode()
+                                                    + half)
     assert _raw(port, "bad-nolen-1.bin", data).endswith(b"Connection: close\r\n\r\n" + half)
     assert _raw(port, "bad-cut-1.bin", data).endswith(f"{len(half):x}\r\n".encode() + half + b"\r\n")
     long = _raw(port, "bad-long-1.bin", data)
@@ -91,8 +93,8 @@ def test_ws_modes_break_the_order_as_documented(pod: tuple[int, str]) -> None:
     data = [os.urandom(300 + i) for i in range(6)]
     names = ["ok-0.bin", "bad-none-1.bin", "bad-two-2.bin", "bad-text-3.bin", "bad-ack0-4.bin", "ok-5.bin"]
     with ws_connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
-        for n, d in zip(names, data):
-            ws.send(('{"path":"%s"}' % n).encode())
+        for n, d in zip(names, data, strict=True):
+            ws.send(f'{{"path":"{n}"}}'.encode())
             ws.send(d)
         got = [ws.recv(timeout=5) for _ in range(6)]
     exp = faultpod.expected

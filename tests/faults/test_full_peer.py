@@ -107,7 +107,8 @@ def _run(full_peer: Any, comm: str, server: str) -> dict[str, Any]:
     return run
 
 
-CASES = [pytest.param(comm, server, id=f"{comm}-{server}") for comm in ("ws", "hpush") for server in ("ours", "aistore")]
+CASES = [pytest.param(comm, server, id=f"{comm}-{server}")
+         for comm in ("ws", "hpush") for server in ("ours", "aistore")]
 
 
 @pytest.mark.parametrize(("comm", "server"), CASES)
@@ -141,4 +142,5 @@ def test_every_output_a_full_peer_refuses_is_a_per_object_error(full_peer: Any, 
     assert r["missing"], "the peer was not full (test set-up)"
     assert not unexplained and not vague, (
         f"{len(unexplained)} of {len(r['missing'])} missing outputs have no per-object error "
-        f"(job aborted={r['aborted']}: {r['err'][:200]!r}); {len(vague)} errors do not name {tid} and the cause: {vague[:2]}")
+        f"(job aborted={r['aborted']}: {r['err'][:200]!r}); {len(vague)} errors do not name {tid} and the cause: "
+        f"{vague[:2]}")

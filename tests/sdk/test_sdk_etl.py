@@ -308,7 +308,8 @@ def test_pod_exit_aborts_only_that_etl(client, bck, etl_name) -> None:  # type: 
     try:
         init_class(client, other, Echo)
         init_class(client, etl_name, Loud, NUM_WORKERS=1)
-        with pytest.raises(Exception):
+        # the dead pod surfaces as an AISError or as a connection error, by SDK version
+        with pytest.raises(Exception):  # noqa: B017
             content(bck, "obj2.txt", etl_name, "exit")
         assert _wait_stage(client, etl_name, "Aborted", 10) < 10
         assert content(bck, "obj2.txt", other) == b"0123456789" * 13

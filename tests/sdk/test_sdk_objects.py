@@ -232,7 +232,8 @@ def test_get_and_head_every_object(loaded: Loaded) -> None:
 
     # the plain read_all() path as well, on the big ones and a sample of the rest
     sample = [k for k, v in objs.items() if len(v) >= MiB] + list(objs)[::25]
-    bad = [k for k, ok in zip(sample, pmap(lambda k: b.object(k).get_reader().read_all() == objs[k], sample)) if not ok]
+    same = pmap(lambda k: b.object(k).get_reader().read_all() == objs[k], sample)
+    bad = [k for k, ok in zip(sample, same, strict=True) if not ok]
     assert not bad, f"read_all differs for {bad[:5]}"
 
 

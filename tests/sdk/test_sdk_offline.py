@@ -141,7 +141,7 @@ def check_all(dst: Any, objs: dict[str, bytes], fn: Any = local_transform, renam
         return dst.object(rename(kv[0])).get_reader().read_all() == fn(kv[1])
 
     with ThreadPoolExecutor(16) as ex:
-        bad = [n for n, ok in zip(objs, ex.map(one, objs.items())) if not ok]
+        bad = [n for n, ok in zip(objs, ex.map(one, objs.items()), strict=True) if not ok]
     assert not bad, f"{len(bad)} outputs differ, e.g. {bad[:3]}"
 
 
@@ -268,7 +268,7 @@ def test_abort_mid_job_stops_every_target_within_5s(client, src, names) -> None:
 
 
 def test_pod_hang_hits_obj_timeout(client, src, names) -> None:  # type: ignore[no-untyped-def]
-    b, objs = src
+    b, _objs = src
     client.etl(names[0]).init_class(obj_timeout="2s")(Hang)
     dst = client.bucket(f"dst-{names[0]}")
     picked = [f"d{i % 7}/o-{i:04d}.bin" for i in range(1, 17)]  # o-0005 hangs

@@ -151,7 +151,8 @@ def test_abort_during_a_finalize_in_a_thread_is_a_no_op(store: Store, monkeypatc
     assert result and store.read_bytes("b", "o") == b"payload"
 
 
-@pytest.mark.parametrize("prefix", ["", "a", "a/", "a/c", "a/c/", "a/c/e", "ab", "abc/", "b/x", "b/x/", "z", "zz", "q/"])
+@pytest.mark.parametrize("prefix",
+                         ["", "a", "a/", "a/c", "a/c/", "a/c/e", "ab", "abc/", "b/x", "b/x/", "z", "zz", "q/"])
 def test_iter_names_with_prefixes_and_nested_dirs(store: Store, prefix: str) -> None:
     for n in NAMES:
         store.put_bytes("b", n, n.encode())
