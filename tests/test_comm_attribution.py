@@ -107,7 +107,7 @@ async def _run_batch(ids: bool, names: list[str]) -> tuple[dict[str, Any], WsCom
         results = await asyncio.gather(*(one(n) for n in names))
         # once more after the anomalies: the communicator still works
         again = await asyncio.gather(*(one(n) for n in names if n.startswith("ok")))
-        return {"first": dict(zip(names, results)), "again": again}, comm
+        return {"first": dict(zip(names, results, strict=True)), "again": again}, comm
     finally:
         await comm.close()
         await session.close()
@@ -131,8 +131,9 @@ def test_ws_replies_never_misattributed(ids: bool) -> None:
         assert "timeout" in str(first["bogus-1"]).lower()
     # an anomaly affects its own object only
     oks = [n for n in names if n.startswith("ok")]
-    assert all(first[n] == b"T:" + n.encode() for n in oks), {n: first[n] for n in oks if first[n] != b"T:" + n.encode()}
-    assert all(r == b"T:" + n.encode() for r, n in zip(out["again"], oks))
+    assert all(first[n] == b"T:" + n.encode() for n in oks), \
+        {n: first[n] for n in oks if first[n] != b"T:" + n.encode()}
+    assert all(r == b"T:" + n.encode() for r, n in zip(out["again"], oks, strict=True))
     assert comm.ids is ids
 
 
@@ -264,12 +265,15 @@ def test_receipts_settle_waits_for_a_commit_in_progress() -> None:
 
 def test_settle_route_refuses_bad_bodies(tmp_path: Any) -> None:
     """The settle body shape is checked (400), not trusted."""
-    from types import SimpleNamespace as NS
-
     from aioetl.engine.scheduler.offline import OfflineJobs
+    from aioetl.engine.scheduler.receipts import Receipts
+    from aioetl.engine.target.peers import Peers
+    from aioetl.engine.target.services import ClusterView, NodeInfo
+    from aioetl.engine.target.storage import Store
 
-    stand_in = NS(cfg=NS(data_dir=str(tmp_path)), node_id="t1", store=NS(mountpaths=[NS(volatile=True)]))
-    jobs = OfflineJobs(stand_in)  # type: ignore[arg-type]
+    cluster = ClusterView("t1")
+    jobs = OfflineJobs(NodeInfo("t1", "http://127.0.0.1:9", str(tmp_path)), cluster, Store([str(tmp_path / "mp")]),
+                       Peers(cluster, "http://127.0.0.1:9", "secret"), Receipts())
 
     async def run() -> list[int]:
         app = web.Application()

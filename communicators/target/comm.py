@@ -48,10 +48,11 @@ from aioetl.communicators.wire.frames import (
     WsProtocolError,
     parse_ws_frame,
 )
-from aioetl.errors import AioetlError, BadRequest, ClientError
+from aioetl.errors import AioetlError, BadRequest, ClientError, TransientError
 
 __all__ = [
     "EtlFailed",
+    "EtlRetry",
     "HpullComm",
     "HpushComm",
     "Lender",
@@ -67,14 +68,17 @@ log = structlog.get_logger("aioetl.comm")
 
 
 class EtlFailed(ClientError):
-    """The ETL failed on one object (transform error, pod gone, bad reply).
-
-    ``transient`` marks the pod's 503 + ``Ais-Etl-Retry-Reason: direct-put-transient``
-    reply: the object may be sent again.
-    """
+    """The ETL failed on one object (transform error, pod gone, bad reply)."""
 
     status = 422
-    transient = False
+
+
+class EtlRetry(EtlFailed, TransientError):
+    """The pod asked for the object to be sent again: its 503 (hpush/hpull with
+    ``Ais-Etl-Retry-Reason: direct-put-transient``, as AIStore's pods send it when a
+    direct put failed transiently; a ws error reply with status 503)."""
+
+    status = 503
 
 
 @dataclass
@@ -291,10 +295,8 @@ class HpushComm(_Comm):
             text = b""
         resp.release()
         if resp.status == 503 and resp.headers.get("Ais-Etl-Retry-Reason", "") == "direct-put-transient":
-            err = EtlFailed(f'ETL error: etl job "{self.etl}": direct put failed transiently: '
-                            f"{text[:2000].decode(errors='replace')}", status=503)
-            err.transient = True
-            return err
+            return EtlRetry(f'ETL error: etl job "{self.etl}": direct put failed transiently: '
+                            f"{text[:2000].decode(errors='replace')}")
         return pod_error(self.etl, resp.status, text)
 
 
@@ -376,7 +378,8 @@ def classify_ws_reply(kind: aiohttp.WSMsgType, data: Any, direct: bool = False) 
     text = str(data).strip()
     if text.isascii() and text.isdigit():
         if not direct:
-            return _Anomaly(f"ETL error: pod answered {text!r} (delivered by direct put) but no direct put was requested")
+            return _Anomaly(f"ETL error: pod answered {text!r} (delivered by direct put) "
+                            "but no direct put was requested")
         return PodResult(delivered=int(text))
     status = 422
     try:
@@ -386,10 +389,9 @@ def classify_ws_reply(kind: aiohttp.WSMsgType, data: Any, direct: bool = False) 
             status = int(doc.get("status") or 422)
     except (ValueError, TypeError):
         pass
-    err = pod_error("", status if status < 500 else 500, text)
     if status == 503:
-        err.transient = True  # type: ignore[attr-defined]
-    return err
+        return EtlRetry(pod_error("", 500, text).message)
+    return pod_error("", status if status < 500 else 500, text)
 
 
 def _classify_framed(kind: int, payload: bytes, direct: bool) -> PodResult | AioetlError:

@@ -34,27 +34,25 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from aioetl.communicators.target.comm import EtlFailed, WsComm
-from aioetl.engine.core.names import make_uname
+from aioetl.communicators.target.comm import EtlFailed, EtlRetry, WsComm
 from aioetl.engine.node.httpd import json_response, read_json
+from aioetl.engine.scheduler.delivery import Delivery, Route, Sinks, direct_put_hop, plan
 from aioetl.engine.scheduler.receipts import Receipts
-from aioetl.errors import AioetlError, BadRequest, InsufficientStorage, NotFound
+from aioetl.engine.target.etl import EtlInstance, EtlManager
+from aioetl.engine.target.peers import Peers
+from aioetl.engine.target.services import ClusterView, NodeInfo
+from aioetl.engine.target.storage import Mountpath, Store
+from aioetl.errors import AioetlError, BadRequest, InsufficientStorage, NotFound, TransientError
 from aioetl.xactions.queue import ByteQueue, QueueClosed
 from aioetl.xactions.records import JobRecords
 from aioetl.xactions.tcb import DELETE_LISTRANGE, LISTRANGE_KINDS, TcbMsg, expand_template
 from aioetl.xactions.xact import State, Xaction, validate_xid
-
-if TYPE_CHECKING:
-    from aioetl.engine.target.etl import EtlInstance
-    from aioetl.engine.target.storage import Mountpath
-    from aioetl.engine.target.target import Target
 
 __all__ = ["OfflineJobs", "resolve_num_workers"]
 
@@ -102,16 +100,33 @@ class _Job:
 
 
 class OfflineJobs:
-    """Offline transform jobs of one target."""
+    """Offline transform jobs of one target (the job registry and its runner).
 
-    def __init__(self, target: Target) -> None:
-        self.t = target
+    Args:
+        node: this target's identity.
+        cluster: its cluster view (which objects are its own; where results go).
+        store: its object store.
+        peers: intra-cluster client (PUTs to owners, settlement, gateway aborts).
+        receipts: the receive side of every job's direct puts here.
+
+    ``etls`` (the ETL registry) is set by the target after both exist: each
+    needs the other, the registry only through :class:`.services.JobControl`.
+    """
+
+    def __init__(self, node: NodeInfo, cluster: ClusterView, store: Store, peers: Peers,
+                 receipts: Receipts) -> None:
+        self.node = node
+        self.cluster = cluster
+        self.store = store
+        self.peers = peers
+        self.sinks = Sinks(store, peers)
+        self.etls: EtlManager | None = None
         self.jobs: dict[str, _Job] = {}
-        self.receipts = Receipts()  # the receive side of every job's direct puts here
+        self.receipts = receipts
         # every job's last snapshot and message, kept across restarts (aioetl.xactions.records);
         # jobs that were running when this target died come back aborted, naming it
-        self.records = JobRecords(self.t.cfg.data_dir or "/tmp", self.t.node_id,
-                                  fsync=not all(mp.volatile for mp in self.t.store.mountpaths))
+        self.records = JobRecords(node.data_dir, node.node_id,
+                                  fsync=not all(mp.volatile for mp in store.mountpaths))
         self.restored: dict[str, dict[str, Any]] = {x: r.snap for x, r in self.records.load_all().items()}
 
     def add_routes(self, app: web.Application) -> None:
@@ -130,8 +145,14 @@ class OfflineJobs:
                 job.task.cancel()
         await asyncio.gather(*(j.task for j in self.jobs.values() if j.task), return_exceptions=True)
 
+    @property
+    def _etls(self) -> EtlManager:
+        if self.etls is None:
+            raise RuntimeError("OfflineJobs.etls was never set (the target wires it at start)")
+        return self.etls
+
     def report_path(self, xid: str) -> str:
-        return os.path.join(self.t.cfg.data_dir or "/tmp", "jobs", xid, f"{self.t.node_id}.errors.jsonl")
+        return os.path.join(self.node.data_dir, "jobs", xid, f"{self.node.node_id}.errors.jsonl")
 
     # -- routes ------------------------------------------------------------------
     async def h_start(self, request: web.Request) -> web.StreamResponse:
@@ -139,12 +160,12 @@ class OfflineJobs:
         xid, kind, src, dst = str(doc["id"]), str(doc["kind"]), str(doc["src"]), str(doc["dst"])
         validate_xid(xid)  # before report_path() and the job record build paths from it
         msg = TcbMsg.parse(kind, doc["msg"])
-        inst = self.t.etl.get(msg.etl_name) if msg.etl_name else None  # none: a plain copy
-        self.t.etl.pipeline_urls(msg.pipeline)  # 404 if a stage is missing here
+        inst = self._etls.get(msg.etl_name) if msg.etl_name else None  # none: a plain copy
+        self._etls.pipeline_urls(msg.pipeline)  # 404 if a stage is missing here
         self._gc()
         if xid in self.jobs or xid in self.restored:
-            raise BadRequest(f"job {xid} already exists on {self.t.node_id}")
-        xact = Xaction(xid=xid, kind=kind, node_id=self.t.node_id, src_bck=src, dst_bck=dst,
+            raise BadRequest(f"job {xid} already exists on {self.node.node_id}")
+        xact = Xaction(xid=xid, kind=kind, node_id=self.node.node_id, src_bck=src, dst_bck=dst,
                        ctlmsg=f"{'etl:' + msg.etl_name if msg.etl_name else 'copy'} {src}->{dst}",
                        report_path=self.report_path(xid))
         job = _Job(xact, msg, inst)
@@ -156,8 +177,8 @@ class OfflineJobs:
 
         record(xact)
         xact.on_done(record)
-        job.task = asyncio.ensure_future(self._run(job))
-        return json_response({"id": xid, "target_id": self.t.node_id})
+        job.task = asyncio.get_running_loop().create_task(self._run(job))
+        return json_response({"id": xid, "target_id": self.node.node_id})
 
     async def h_abort(self, request: web.Request) -> web.StreamResponse:
         doc = await read_json(request)
@@ -194,7 +215,8 @@ class OfflineJobs:
         """
         doc = await read_json(request)
         xid, keys = doc.get("id") if isinstance(doc, dict) else None, doc.get("keys") if isinstance(doc, dict) else None
-        if not isinstance(xid, str) or not xid or not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        if (not isinstance(xid, str) or not xid or not isinstance(keys, list)
+                or not all(isinstance(k, str) for k in keys)):
             raise BadRequest('settle: expected {"id": "<job>", "keys": ["<bck>/<obj>", ...], "revoke": bool}')
         received, missing, reasons = await self.receipts.settle(xid, keys, bool(doc.get("revoke")))
         return json_response({"received": received, "missing": missing, "reasons": reasons})
@@ -234,19 +256,19 @@ class OfflineJobs:
     # -- the runner --------------------------------------------------------------------
     async def _run(self, job: _Job) -> None:
         x, msg = job.xact, job.msg
-        nworkers = resolve_num_workers(msg.num_workers, len(self.t.store.mountpaths))
+        nworkers = resolve_num_workers(msg.num_workers, len(self.store.mountpaths))
         ws_job = job.inst is not None and isinstance(job.inst.comm, WsComm)
         if ws_job and msg.num_workers == 0:
             nworkers = max(nworkers, WS_MIN_INFLIGHT)
-        x.njoggers = len(self.t.store.mountpaths)
+        x.njoggers = len(self.store.mountpaths)
         x.nworkers = msg.num_workers if msg.num_workers > 0 else (0 if msg.num_workers == -1 else nworkers)
         queue: ByteQueue[tuple[str, str]] = ByteQueue(high_items=max(64, nworkers * 16), high_bytes=256 << 20)
         x.transition(State.RUNNING)
         try:
             if ws_job:
-                assert job.inst is not None and job.inst.pod is not None and self.t.etl.pod_session is not None
+                assert job.inst is not None and job.inst.pod is not None and self._etls.pod_session is not None
                 job.ws = WsComm(job.inst.spec.name, job.inst.pod.url, msg.obj_timeout_s(job.inst.spec.obj_timeout_s),
-                                self.t.etl.pod_session, n_conns=WS_CONNS_PER_JOB,
+                                self._etls.pod_session, n_conns=WS_CONNS_PER_JOB,
                                 conns_per_process=WS_CONNS_PER_POD_PROCESS, lender=job.inst.lender)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._produce(job, queue))
@@ -272,17 +294,12 @@ class OfflineJobs:
 
     async def _abort_cluster(self, xid: str, err: str) -> None:
         """Ask the gateway to abort ``xid`` on every target (first error without ``coer``)."""
-        assert self.t.session is not None
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-            async with self.t.session.post(f"{self.t.cfg.gateway_url}/v1/jobs/{xid}/_abort",
-                                           json={"err": err, "from": self.t.node_id}) as r:
-                await r.read()
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, RuntimeError):  # RuntimeError: shutting down
+            await self.peers.post_gateway(f"/v1/jobs/{xid}/_abort", {"err": err, "from": self.node.node_id})
 
     # -- producers ---------------------------------------------------------------------
     def _owned(self, bck: str, name: str) -> bool:
-        if self.t.smap is None or len(self.t.smap.targets) < 2:
-            return True
-        return self.t.smap.hrw_target(make_uname(bck, name)).daemon_id == self.t.node_id
+        return self.cluster.owner(bck, name) is None
 
     async def _names(self, job: _Job) -> AsyncIterator[tuple[str, str, int]]:
         """``(name, fqn, size)`` of the objects this target transforms."""
@@ -293,7 +310,7 @@ class OfflineJobs:
             for name in names:
                 if not self._owned(src, name):
                     continue
-                fqn = self.t.store.fqn(src, name)
+                fqn = self.store.fqn(src, name)
                 try:
                     size = os.stat(fqn).st_size
                 except OSError:
@@ -305,7 +322,7 @@ class OfflineJobs:
                 yield name, fqn, size
             return
         # joggers: one per mountpath, each walking its directory tree in batches
-        for mp in self.t.store.mountpaths:
+        for mp in self.store.mountpaths:
             async for batch in self._walk_mp(mp, src, msg.prefix):
                 for name, fqn, size in batch:
                     yield name, fqn, size
@@ -315,7 +332,7 @@ class OfflineJobs:
         on a disk; on tmpfs right on the loop (a stat costs ~2 us there, while a thread
         doing them costs the loop a GIL hand-off per syscall)."""
         loop = asyncio.get_running_loop()
-        it = iter(self.t.store.iter_names_mp(mp, bck, prefix))
+        it = iter(self.store.iter_names_mp(mp, bck, prefix))
         while True:
             if mp.volatile:
                 batch = _take_sized(it, 64)
@@ -339,7 +356,7 @@ class OfflineJobs:
         if msg.kind in LISTRANGE_KINDS and (msg.obj_names or msg.template):
             return
         n = b = 0
-        for mp in self.t.store.mountpaths:
+        for mp in self.store.mountpaths:
             async for batch in self._walk_mp(mp, src, msg.prefix):
                 n += len(batch)
                 b += sum(size for _, _, size in batch)
@@ -369,7 +386,8 @@ class OfflineJobs:
 
     async def _one(self, job: _Job, name: str, fqn: str, size: int) -> None:
         """Transform one object and see it to exactly one outcome: written here, PUT to its
-        owner, or direct-put by the pod (confirmed by the owner, :mod:`.receipts`).
+        owner, or direct-put by the pod (confirmed by the owner, :mod:`.receipts`); where
+        it goes is planned once (:func:`.delivery.plan`).
 
         Raises:
             AioetlError: the object failed (the worker records it).
@@ -378,74 +396,76 @@ class OfflineJobs:
         if inst is None:
             return await self._copy_one(job, name, fqn, size)
         if inst.stage != "Running":
-            raise EtlFailed(f'etl job "{inst.spec.name}" is not running ({inst.abort_reason or inst.stage})', status=424)
+            raise EtlFailed(f'etl job "{inst.spec.name}" is not running ({inst.abort_reason or inst.stage})',
+                            status=424)
         dst_name = msg.to_name(name)
         dst = x.dst_bck
-        owner = self.t.smap.hrw_target(make_uname(dst, dst_name)) if self.t.smap else None
-        local = owner is None or owner.daemon_id == self.t.node_id
-        pipeline = self.t.etl.pipeline_urls(msg.pipeline)
         ws = job.ws
-        direct = not local and not msg.dry_run and (inst.spec.direct_put or ws is not None)
+        d = plan(self.cluster, dst, dst_name, direct_put=not msg.dry_run and (inst.spec.direct_put or ws is not None))
+        pipeline = self._etls.pipeline_urls(msg.pipeline)
         key = f"{dst}/{dst_name}"
-        if direct:
-            assert owner is not None
-            pipeline = [*pipeline, f"{owner.url}/{quote(make_uname(dst, dst_name), safe='@')}?owt=3&uuid={x.xid}"]
+        if d.route is Route.DIRECT:
+            assert d.owner is not None
+            pipeline = [*pipeline, direct_put_hop(d.owner, dst, dst_name, x.xid)]
         try:
             for attempt in range(RETRY_TRANSIENT + 1):
                 try:
-                    return await self._transform_deliver(job, name, fqn, dst, dst_name, key, pipeline, local,
-                                                         owner, direct)
+                    return await self._transform_deliver(job, name, fqn, dst, dst_name, key, pipeline, d)
                 except EtlFailed as e:
-                    if attempt < RETRY_TRANSIENT and getattr(e, "transient", False):
+                    if attempt < RETRY_TRANSIENT and isinstance(e, TransientError):
                         await asyncio.sleep(min(2**attempt, 5) * 0.1)
                         continue
                     raise
         except InsufficientStorage as e:
-            if local:
-                e.message = f"target {self.t.node_id}: {e.message}"
+            if d.local:
+                e.message = f"target {self.node.node_id}: {e.message}"
             raise
         except AioetlError as e:
             # the pod may have delivered it after all (a late reply, a broken connection):
             # the owner decides, and refuses it from now on if it has not arrived
-            if direct and owner is not None:
-                arrived, why = await self._settle_now(job, owner.url, key, revoke=True)
+            if d.route is Route.DIRECT and d.owner is not None:
+                arrived, why = await self._settle_now(job, d.owner.url, key, revoke=True)
                 if arrived:
                     return
-                e.message += f" (direct put to target {owner.daemon_id}" + (f": {why})" if why else ")")
+                e.message += f" (direct put to target {d.owner.daemon_id}" + (f": {why})" if why else ")")
             raise
 
     async def _transform_deliver(self, job: _Job, name: str, fqn: str, dst: str, dst_name: str, key: str,
-                                 pipeline: list[str], local: bool, owner: Any, direct: bool) -> None:
+                                 pipeline: list[str], d: Delivery) -> None:
         """One attempt: through the pod, then to the destination (see :meth:`_one`)."""
         x, msg, inst = job.xact, job.msg, job.inst
         assert inst is not None
         etl_args = msg.etl_args
+        direct = d.route is Route.DIRECT
         ws = job.ws
         if ws is not None:
             res = await ws.transform(name, fqn=fqn, etl_args=etl_args, pipeline=pipeline, direct=direct)
             if res.data is not None:
-                await self._deliver_bytes(job, dst, dst_name, res.data, local, owner)
+                await self._deliver_bytes(job, dst, dst_name, res.data, d)
                 return
+            assert d.owner is not None  # "delivered" only where a direct put was asked for (WsComm)
             if res.delivered <= 0 and not ws.ids:
                 # aistore[etl] answers "0" for an empty object delivered and for a failed
                 # direct put alike: ask the owner now, and send it again if it is not there
-                arrived, why = await self._settle_now(job, owner.url, key, revoke=False)
+                arrived, why = await self._settle_now(job, d.owner.url, key, revoke=False)
                 if not arrived:
-                    err = EtlFailed(f'ETL error: etl job "{inst.spec.name}": direct put of ais://{key} to '
-                                    f"{owner.url} reported as 0 bytes delivered, and it did not arrive"
-                                    + (f" ({why})" if why else ""), status=507 if "out of space" in why else 502)
-                    err.transient = not why  # a store that failed there will fail again
-                    raise err
+                    text = (f'ETL error: etl job "{inst.spec.name}": direct put of ais://{key} to '
+                            f"{d.owner.url} reported as 0 bytes delivered, and it did not arrive")
+                    if not why:  # nothing known against it: send it again
+                        raise EtlRetry(text, status=502)
+                    # a store that failed there will fail again
+                    raise EtlFailed(f"{text} ({why})", status=507 if "out of space" in why else 502)
                 return
-            await self._claim(job, owner.url, key, name)
+            await self._claim(job, d.owner.url, key, name)
             return
         comm = inst.comm
-        assert comm is not None
+        assert comm is not None and not isinstance(comm, WsComm)
         resp = await comm.open(x.src_bck, name, fqn=fqn, etl_args=etl_args, pipeline=pipeline,
                                timeout_s=msg.obj_timeout_s(inst.spec.obj_timeout_s), direct=direct)
         try:
             if resp.status == 204:  # only where a direct put was asked for (the comm refuses others)
-                await self._claim(job, owner.url, key, name)
+                assert d.owner is not None
+                await self._claim(job, d.owner.url, key, name)
                 return
             if msg.dry_run:
                 n = 0
@@ -454,30 +474,24 @@ class OfflineJobs:
                 x.stats.loc_objs += 1
                 x.stats.loc_bytes += n
                 return
-            if local:
-                wf = self.t.store.open_work(dst, dst_name)
-                try:
-                    async for chunk in resp.content.iter_chunked(1 << 20):
-                        wf.write(chunk)
-                    if wf.mpath.volatile:
-                        md = wf.finalize()
-                    else:
-                        md = await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
-                except BaseException:
-                    wf.abort()
-                    raise
-                x.stats.loc_objs += 1
-                x.stats.loc_bytes += md.size
-            else:
-                assert owner is not None
-                n = await self._put_peer(owner.url, dst, dst_name, resp.content, x.xid, resp.content_length)
-                x.stats.out_objs += 1
-                x.stats.out_bytes += n
+            n = await self.sinks.put_stream(d, dst, dst_name, resp.content, size=resp.content_length, xid=x.xid)
+            self._count(job, d, n)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
             raise EtlFailed(f'ETL error: etl job "{inst.spec.name}": pod failed mid-transform of '
                             f"ais://{x.src_bck}/{name}: {e}", status=424) from e
         finally:
             resp.release()
+
+    @staticmethod
+    def _count(job: _Job, d: Delivery, n: int) -> None:
+        """Count one delivered result: ``loc`` when written here, ``out`` when sent to its owner."""
+        st = job.xact.stats
+        if d.local:
+            st.loc_objs += 1
+            st.loc_bytes += n
+        else:
+            st.out_objs += 1
+            st.out_bytes += n
 
     @staticmethod
     def _check_outcomes(job: _Job) -> None:
@@ -547,99 +561,37 @@ class OfflineJobs:
 
     async def _settle_call(self, url: str, xid: str, keys: list[str],
                            revoke: bool) -> tuple[dict[str, int], list[str], dict[str, str]]:
-        assert self.t.session is not None
-        async with self.t.session.post(f"{url}/v1/xactions/_settle", json={"id": xid, "keys": keys, "revoke": revoke},
-                                       timeout=aiohttp.ClientTimeout(total=60)) as r:
-            if r.status != 200:
-                raise ValueError(f"settle: HTTP {r.status}: {(await r.read())[:300]!r}")
-            doc = await r.json()
-        return ({str(k): int(v) for k, v in doc["received"].items()}, [str(k) for k in doc["missing"]],
-                {str(k): str(v) for k, v in (doc.get("reasons") or {}).items()})
+        return await self.peers.settle(url, xid, keys, revoke)
 
     async def _copy_one(self, job: _Job, name: str, fqn: str, size: int) -> None:
         """copy-bck / copy-listrange: the same destinations, no ETL; delete-listrange: remove."""
         x, msg = job.xact, job.msg
         if msg.kind == DELETE_LISTRANGE:
-            self.t.store.delete(x.src_bck, name)
+            self.store.delete(x.src_bck, name)
             x.stats.loc_objs += 1
             x.stats.loc_bytes += size
             return
         dst_name = msg.to_name(name)
-        owner = self.t.smap.hrw_target(make_uname(x.dst_bck, dst_name)) if self.t.smap else None
-        local = owner is None or owner.daemon_id == self.t.node_id
+        d = plan(self.cluster, x.dst_bck, dst_name)
         if msg.dry_run:
             x.stats.loc_objs += 1
             x.stats.loc_bytes += size
             return
-        if size <= 1 << 20 or local:
-            data = await asyncio.get_running_loop().run_in_executor(None, self.t.store.read_bytes, x.src_bck, name)
-            await self._deliver_bytes(job, x.dst_bck, dst_name, data, local, owner)
+        if size <= 1 << 20 or d.local:
+            data = await asyncio.get_running_loop().run_in_executor(None, self.store.read_bytes, x.src_bck, name)
+            await self._deliver_bytes(job, x.dst_bck, dst_name, data, d)
             return
-        assert owner is not None
         with open(fqn, "rb") as f:
-            n = await self._put_peer(owner.url, x.dst_bck, dst_name, f, x.xid, size)
-        x.stats.out_objs += 1
-        x.stats.out_bytes += n
+            n = await self.sinks.put_stream(d, x.dst_bck, dst_name, f, size=size, xid=x.xid)
+        self._count(job, d, n)
 
-    async def _deliver_bytes(self, job: _Job, dst: str, dst_name: str, data: bytes, local: bool, owner: Any) -> None:
-        x = job.xact
+    async def _deliver_bytes(self, job: _Job, dst: str, dst_name: str, data: bytes, d: Delivery) -> None:
         if job.msg.dry_run:
-            x.stats.loc_objs += 1
-            x.stats.loc_bytes += len(data)
-        elif local:
-            if self.t.store.mountpath_of(dst, dst_name).volatile:
-                self.t.store.put_bytes(dst, dst_name, data)
-            else:
-                await asyncio.get_running_loop().run_in_executor(None, self.t.store.put_bytes, dst, dst_name, data)
-            x.stats.loc_objs += 1
-            x.stats.loc_bytes += len(data)
-        else:
-            await self._put_peer(owner.url, dst, dst_name, data, x.xid, len(data))
-            x.stats.out_objs += 1
-            x.stats.out_bytes += len(data)
-
-    def _node_at(self, url: str) -> str:
-        """The id of the target at ``url`` (the URL itself if the map does not know it)."""
-        if self.t.smap is not None:
-            for node in self.t.smap.targets.values():
-                if node.url == url:
-                    return node.daemon_id
-        return url
-
-    async def _put_peer(self, url: str, bck: str, obj: str, body: Any, xid: str, size: int | None) -> int:
-        """PUT one object to the target that owns it (counted ``in`` there). Returns bytes sent."""
-        assert self.t.session is not None
-        headers = {"Content-Length": str(size)} if size is not None else {}
-        counted = _Counted(body) if isinstance(body, aiohttp.StreamReader) else None
-        async with self.t.session.put(f"{url}/v1/objects/{quote(bck, safe='')}/{quote(obj, safe='/')}",
-                                      params={"uuid": xid, "owt": "3"}, data=counted or body,
-                                      headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_read=300)) as r:
-            if r.status >= 400:
-                text = (await r.read())[:500].decode(errors="replace")
-                if r.status == 507:
-                    raise InsufficientStorage(f"target {self._node_at(url)} out of space: {text}")
-                raise AioetlError(f"PUT of ais://{bck}/{obj} to {url} failed: {r.status} {text}", status=r.status)
-        if counted is not None:
-            return counted.n
-        return size if size is not None else len(body)
-
-
-class _Counted:
-    """An async iterator over a response body that counts the bytes it yields."""
-
-    def __init__(self, content: aiohttp.StreamReader) -> None:
-        self.content = content
-        self.n = 0
-
-    def __aiter__(self) -> _Counted:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await self.content.read(1 << 20)
-        if not chunk:
-            raise StopAsyncIteration
-        self.n += len(chunk)
-        return chunk
+            job.xact.stats.loc_objs += 1
+            job.xact.stats.loc_bytes += len(data)
+            return
+        n = await self.sinks.put_bytes(d, dst, dst_name, data, xid=job.xact.xid)
+        self._count(job, d, n)
 
 
 def _take_sized(it: Any, n: int) -> list[tuple[str, str, int]]:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import aiohttp
@@ -35,13 +36,14 @@ from aioetl.communicators.target.comm import EtlFailed, HpullComm, HpushComm, Ws
 from aioetl.engine.core.etl import HPULL, STAGE_ABORTED, STAGE_RUNNING, WS, EtlSpec, etl_not_found, parse_init_msg
 from aioetl.engine.core.names import make_uname, parse_uname, validate_bck_name, validate_obj_name
 from aioetl.engine.node.httpd import json_response, read_json
-from aioetl.engine.target.pods import LocalPod, LocalProcessRuntime
-from aioetl.engine.target.storage import FqnLender
+from aioetl.engine.scheduler.delivery import Sinks, plan
+from aioetl.engine.target.objects import ObjectIO
+from aioetl.engine.target.peers import Peers
+from aioetl.engine.target.pods import LocalPod, PodRuntime
+from aioetl.engine.target.services import ClusterView, JobControl, NodeInfo
+from aioetl.engine.target.storage import FqnLender, Store
 from aioetl.errors import AioetlError, BadRequest, ClientError
 from aioetl.xactions.errs import ObjErrs
-
-if TYPE_CHECKING:
-    from aioetl.engine.target.target import Target
 
 __all__ = ["EtlInstance", "EtlManager"]
 
@@ -77,20 +79,32 @@ class EtlInstance:
 
 
 class EtlManager:
-    """All ETLs of one target.
+    """All ETLs of one target (the ETL registry).
 
     Args:
-        target: the owning target (store, smap, URL, HTTP session).
-        runtime: the pod runtime (local processes by default).
+        node: this target's identity (id, URL, gateway).
+        cluster: its cluster view (bucket checks, HRW owners).
+        store: its object store (FQNs; bytes for copies).
+        objects: object bytes over HTTP (the pods' ``_object`` route).
+        peers: intra-cluster client (gateway notices, PUTs to owners).
+        runtime: the pod runtime.
+        jobs: the job registry (aborts the jobs of a stopped ETL; job errors).
     """
 
-    def __init__(self, target: Target, runtime: LocalProcessRuntime) -> None:
-        self.t = target
+    def __init__(self, node: NodeInfo, cluster: ClusterView, store: Store, objects: ObjectIO, peers: Peers,
+                 runtime: PodRuntime, jobs: JobControl) -> None:
+        self.node = node
+        self.cluster = cluster
+        self.store = store
+        self.objects = objects
+        self.peers = peers
+        self.sinks = Sinks(store, peers)
         self.runtime = runtime
+        self.jobs = jobs
         self.etls: dict[str, EtlInstance] = {}
         self.pod_session: aiohttp.ClientSession | None = None
         self._inits: dict[str, asyncio.Lock] = {}
-        self._notifications: set[asyncio.Future[None]] = set()
+        self._notifications: set[asyncio.Task[None]] = set()
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -141,10 +155,10 @@ class EtlManager:
             self.etls[spec.name] = inst
             try:
                 if self.runtime.confined:
-                    inst.lender = FqnLender([mp.path for mp in self.t.store.mountpaths], spec.name)
+                    inst.lender = FqnLender([mp.path for mp in self.store.mountpaths], spec.name)
                 inst.pod = await self.runtime.start(
-                    spec, target_id=self.t.node_id, target_url=self.t.url, secret=secret,
-                    on_exit=lambda pod, n=spec.name: self._on_pod_exit(n, pod),
+                    spec, target_id=self.node.node_id, target_url=self.node.url, secret=secret,
+                    on_exit=functools.partial(self._on_pod_exit, spec.name),
                     read_dirs=inst.lender.dirs if inst.lender else (),
                 )
                 session = await self._session()
@@ -161,9 +175,9 @@ class EtlManager:
                     inst.lender.close()
                 raise
             inst.stage = STAGE_RUNNING
-        log.info("etl running", etl=spec.name, target=self.t.node_id, pod=inst.pod.url,
+        log.info("etl running", etl=spec.name, target=self.node.node_id, pod=inst.pod.url,
                  pid_namespace=inst.pod.pid_namespace)
-        return json_response({"target_id": self.t.node_id, "pod_url": inst.pod.url, "pid": inst.pod.pid,
+        return json_response({"target_id": self.node.node_id, "pod_url": inst.pod.url, "pid": inst.pod.pid,
                               "pid_namespace": inst.pod.pid_namespace})
 
     async def stop(self, name: str) -> bool:
@@ -171,14 +185,14 @@ class EtlManager:
         if inst is None:
             return False
         inst.stage = STAGE_ABORTED
-        self.t.jobs.abort(etl=name, err=f'etl job "{name}" stopped')
+        self.jobs.abort(etl=name, err=f'etl job "{name}" stopped')
         if inst.comm is not None:
             await inst.comm.close()
         if inst.pod is not None:
             await inst.pod.stop()
         if inst.lender is not None:
             inst.lender.close()
-        self.runtime.forget(self.t.node_id, name)
+        self.runtime.forget(self.node.node_id, name)
         return True
 
     async def h_stop(self, request: web.Request) -> web.StreamResponse:
@@ -192,23 +206,20 @@ class EtlManager:
         inst = self.etls.get(name)
         if inst is None or inst.pod is not pod:
             return
-        reason = f"pod of etl job \"{name}\" on target {self.t.node_id} exited with code {pod.proc.returncode}"
+        reason = f"pod of etl job \"{name}\" on target {self.node.node_id} exited with code {pod.proc.returncode}"
         inst.stage = STAGE_ABORTED
         inst.abort_reason = reason
-        self.t.jobs.abort(etl=name, err=reason)
+        self.jobs.abort(etl=name, err=reason)
         if inst.comm is not None:
             await inst.comm.close()
         # tell the gateway from a task of our own: it will call back (DELETE) to stop this pod
-        task = asyncio.ensure_future(self._notify_aborted(name, reason))
+        task = asyncio.get_running_loop().create_task(self._notify_aborted(name, reason))
         self._notifications.add(task)
         task.add_done_callback(self._notifications.discard)
 
     async def _notify_aborted(self, name: str, reason: str) -> None:
-        assert self.t.session is not None
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-            async with self.t.session.post(f"{self.t.cfg.gateway_url}/v1/etl/{name}/_aborted",
-                                           json={"target_id": self.t.node_id, "error": reason}) as r:
-                await r.read()
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, RuntimeError):  # RuntimeError: shutting down
+            await self.peers.post_gateway(f"/v1/etl/{name}/_aborted", {"target_id": self.node.node_id, "error": reason})
 
     # -- info ----------------------------------------------------------------
     async def h_list(self, request: web.Request) -> web.StreamResponse:
@@ -226,25 +237,26 @@ class EtlManager:
         inst = self.etls.get(name)
         errs: list[dict[str, Any]] = []
         if uuid:
-            errs = self.t.job_obj_errors(uuid)
+            errs = self.jobs.obj_errors(uuid)
         elif inst is not None:
             errs = inst.errors.to_list()
-        return json_response({"target_id": self.t.node_id, "obj_errors": errs,
+        return json_response({"target_id": self.node.node_id, "obj_errors": errs,
                               "stage": inst.stage if inst else "", "info": inst.info() if inst else None})
 
     async def h_logs(self, request: web.Request) -> web.StreamResponse:
         inst = self._any(request.match_info["name"])
         data = inst.pod.logs() if inst.pod else b""
-        return json_response({"target_id": self.t.node_id, "logs": base64.b64encode(data).decode()})
+        return json_response({"target_id": self.node.node_id, "logs": base64.b64encode(data).decode()})
 
     async def h_health(self, request: web.Request) -> web.StreamResponse:
         inst = self._any(request.match_info["name"])
-        return json_response({"target_id": self.t.node_id, "health_status": inst.pod.phase() if inst.pod else "Unknown"})
+        phase = inst.pod.phase() if inst.pod else "Unknown"
+        return json_response({"target_id": self.node.node_id, "health_status": phase})
 
     async def h_metrics(self, request: web.Request) -> web.StreamResponse:
         inst = self._any(request.match_info["name"])
         m = inst.pod.metrics() if inst.pod else {"cpu": 0.0, "mem": 0}
-        return json_response({"target_id": self.t.node_id, **m})
+        return json_response({"target_id": self.node.node_id, **m})
 
     # -- pipeline --------------------------------------------------------------
     def pipeline_urls(self, names: list[str]) -> list[str]:
@@ -263,8 +275,8 @@ class EtlManager:
         stages = self.parse_pipeline(request.query.get("etl_pipeline", ""))
         pipeline = self.pipeline_urls(stages)
         etl_args = request.query.get("etl_args", "")
-        md = self.t.store.head(bck, obj)  # 404 before bothering the pod
-        fqn = self.t.store.fqn(bck, obj)
+        md = self.store.head(bck, obj)  # 404 before bothering the pod
+        fqn = self.store.fqn(bck, obj)
         comm = inst.comm
         assert comm is not None
         cname = f"ais://{bck}/{obj}"
@@ -360,7 +372,7 @@ class EtlManager:
         Raises:
             EtlFailed: the pod failed, or answered "delivered" (204) where the bytes were asked for.
         """
-        fqn = self.t.store.fqn(bck, obj)
+        fqn = self.store.fqn(bck, obj)
         comm = inst.comm
         assert comm is not None
         if isinstance(comm, WsComm):
@@ -383,8 +395,8 @@ class EtlManager:
             raise BadRequest(f'provider "{provider}" is not supported')
         validate_bck_name(dst_bck)
         validate_obj_name(dst_obj)
-        self.t._check_bck(dst_bck)
-        self.t.store.head(bck, obj)
+        self.cluster.check_bck(dst_bck)
+        self.store.head(bck, obj)
         name = request.query.get("etl_name", "")
         if name:
             inst = self.get(name)
@@ -396,8 +408,8 @@ class EtlManager:
                 raise
             inst.obj_count += 1
         else:
-            data = await asyncio.get_running_loop().run_in_executor(None, self.t.store.read_bytes, bck, obj)
-        await self.t.put_to_owner(dst_bck, dst_obj, data)
+            data = await asyncio.get_running_loop().run_in_executor(None, self.store.read_bytes, bck, obj)
+        await self.sinks.put_bytes(plan(self.cluster, dst_bck, dst_obj), dst_bck, dst_obj, data)
         return web.Response(status=200)
 
     # -- /v1/etl/_object -----------------------------------------------------------
@@ -417,17 +429,17 @@ class EtlManager:
         provider, bck, obj = parse_uname(uname)
         if provider != "ais":
             raise BadRequest(f'provider "{provider}" is not supported')
-        self.t._check_bck(bck)
+        self.cluster.check_bck(bck)
         validate_obj_name(obj)
         if request.method == "GET":
-            return await self.t.serve_object(request, bck, obj)
+            return await self.objects.serve(request, bck, obj)
         if request.method == "HEAD":
-            return await self.t.head_local(bck, obj)
+            return await self.objects.head(bck, obj)
         if request.method == "PUT":
             xid = request.query.get("uuid", "")
-            md = await self.t.receive_object(request, bck, obj, xid=xid, receipt=bool(xid))
+            md = await self.objects.receive(request, bck, obj, xid=xid, receipt=bool(xid))
             if xid:
-                self.t.count_in(xid, md.size)
+                self.jobs.count_in(xid, md.size)
             return web.Response(status=200)
         raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "PUT"])
 

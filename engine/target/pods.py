@@ -53,7 +53,8 @@ import structlog
 from aioetl.engine.core.etl import EtlSpec
 from aioetl.errors import BadRequest
 
-__all__ = ["BUILTIN_IMAGES", "Confinement", "LocalPod", "LocalProcessRuntime", "PodError", "PodRuntime", "confinement", "resolve_builtin",
+__all__ = ["BUILTIN_IMAGES", "Confinement", "LocalPod", "LocalProcessRuntime", "PodError", "PodRuntime", "confinement",
+           "resolve_builtin",
            "sandbox_argv"]
 
 log = structlog.get_logger("aioetl.pods")
@@ -392,10 +393,28 @@ def _pod_path(pod_dir: str, python: str, os_packages: str) -> str:
 
 
 class PodRuntime(Protocol):
-    """Starts pods. Implementations: :class:`LocalProcessRuntime` (Kubernetes: not here)."""
+    """Starts pods next to a target. Implementations: :class:`LocalProcessRuntime`
+    (Kubernetes: not here). A target is given one at construction; tests pass their own.
+
+    Attributes:
+        confined: pods run sandboxed (then they read objects only as lent,
+            :class:`aioetl.engine.target.storage.FqnLender`).
+    """
+
+    confined: bool
 
     async def start(self, spec: EtlSpec, *, target_id: str, target_url: str, secret: str,
-                    on_exit: Callable[[LocalPod], Awaitable[None]], read_dirs: Sequence[str] = ()) -> LocalPod: ...
+                    on_exit: Callable[[LocalPod], Awaitable[None]], read_dirs: Sequence[str] = ()) -> LocalPod:
+        """Start the pod of ``spec``; return once it is ready. Raises PodError."""
+        ...
+
+    def forget(self, target_id: str, name: str) -> None:
+        """Drop the record of a stopped pod."""
+        ...
+
+    def cleanup_leftovers(self, target_id: str) -> int:
+        """Kill pods a crashed earlier run of ``target_id`` left; returns how many."""
+        ...
 
 
 class LocalPod:
@@ -614,7 +633,8 @@ class LocalProcessRuntime:
         pkgs = [p.strip() for p in (spec.env_value("PACKAGES") or "").split(",") if p.strip()]
         if not pkgs:
             return self.python
-        key = hashlib.sha256(json.dumps([_VENV_LAYOUT, sys.version, self.python, sorted(pkgs)]).encode()).hexdigest()[:16]
+        ident = json.dumps([_VENV_LAYOUT, sys.version, self.python, sorted(pkgs)])
+        key = hashlib.sha256(ident.encode()).hexdigest()[:16]
         vdir = os.path.join(self.data_dir, "etl-venvs", key)
         py = os.path.join(vdir, "bin", "python")
         ok = os.path.join(vdir, ".ok")
@@ -637,7 +657,8 @@ class LocalProcessRuntime:
                     out, _ = await asyncio.wait_for(p.communicate(), spec.init_timeout_s)
                 except TimeoutError:
                     p.kill()
-                    raise PodError(f'etl job "{spec.name}": installing PACKAGES {pkgs} took longer than init_timeout')
+                    raise PodError(f'etl job "{spec.name}": installing PACKAGES {pkgs} took longer than '
+                                   "init_timeout") from None
                 if p.returncode != 0:
                     raise PodError(f'etl job "{spec.name}": pip install {" ".join(pkgs)} failed:\n'
                                    f"{out.decode(errors='replace')[-2000:]}")

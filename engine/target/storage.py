@@ -103,9 +103,9 @@ def fs_type(path: str) -> str:
         with open("/proc/mounts") as f:
             for line in f:
                 parts = line.split()
-                if len(parts) >= 3 and (path == parts[1] or path.startswith(parts[1].rstrip("/") + "/")):
-                    if len(parts[1]) > len(best):
-                        best, kind = parts[1], parts[2]
+                if (len(parts) >= 3 and (path == parts[1] or path.startswith(parts[1].rstrip("/") + "/"))
+                        and len(parts[1]) > len(best)):
+                    best, kind = parts[1], parts[2]
     except OSError:
         pass
     return kind
@@ -305,16 +305,15 @@ class FqnLender:
             NotFound: the object is gone (removed since it was looked up).
             ValueError: ``fqn`` is on none of the mountpaths.
         """
-        for prefix, d in self._dirs:
-            if fqn.startswith(prefix):
-                break
-        else:
+        found = next(((p, d) for p, d in self._dirs if fqn.startswith(p)), None)
+        if found is None:
             raise ValueError(f"{fqn!r} is on none of the mountpaths")
-        free = self._free[d]
+        prefix, lend_dir = found
+        free = self._free[lend_dir]
         if free:
             slot = free.pop()
         else:
-            slot = f"{d}/{self._salt}.{next(self._seq)}"
+            slot = f"{lend_dir}/{self._salt}.{next(self._seq)}"
             os.mkdir(slot, 0o711)
         path = f"{slot}/{fqn.rsplit('/', 1)[1]}"
         try:
@@ -417,7 +416,7 @@ class Store:
 
     def read_bytes(self, bck: str, obj: str) -> bytes:
         """The whole object (blocking; small objects or threads only)."""
-        fd, md, _ = self.open_object(bck, obj)
+        fd, _md, _ = self.open_object(bck, obj)
         try:
             with os.fdopen(fd, "rb", closefd=False) as f:
                 return f.read()

@@ -22,31 +22,34 @@ import asyncio
 import bisect
 import json
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import msgspec
 import structlog
 from aiohttp import web
 
-from aioetl.engine.core.names import make_uname, validate_bck_name, validate_obj_name
+from aioetl.engine.core.names import validate_obj_name
 from aioetl.engine.core.smap import Smap
-from aioetl.engine.node.auth import TARGET_INTERNAL, auth_headers, cluster_auth_middleware
-from aioetl.engine.node.httpd import error_middleware, iter_body, json_response, read_json, split_obj_path
-from aioetl.engine.target.storage import CKSUM_TYPE, LomMD, Store, remove_trash_async
-from aioetl.errors import AioetlError, BadRequest, NotFound, RangeNotSatisfiable, bck_not_found
+from aioetl.engine.node.auth import TARGET_INTERNAL, cluster_auth_middleware
+from aioetl.engine.node.httpd import error_middleware, json_response, read_json, split_obj_path
+from aioetl.engine.scheduler.offline import OfflineJobs
+from aioetl.engine.scheduler.receipts import Receipts
+from aioetl.engine.target.etl import EtlManager
+from aioetl.engine.target.objects import ObjectIO, md_headers
+from aioetl.engine.target.peers import Peers
+from aioetl.engine.target.pods import LocalProcessRuntime, PodRuntime
+from aioetl.engine.target.services import ClusterView, NodeInfo
+from aioetl.engine.target.storage import Store, remove_trash_async
+from aioetl.errors import BadRequest, NotFound
 
 __all__ = ["LSO_PAGE_ENCODER", "Target", "TargetConfig", "md_headers", "run_target"]
 
 log = structlog.get_logger("aioetl.target")
 
-SMALL_OBJECT = 256 * 1024  # read/write whole below this; stream above
-CHUNK = 1024 * 1024
 LIST_CACHE_TTL_S = 120.0
 
 LSO_PAGE_ENCODER = msgspec.msgpack.Encoder()
@@ -80,60 +83,6 @@ class TargetConfig:
             raise ValueError("TargetConfig needs a cluster secret")
 
 
-def md_headers(md: LomMD, bck: str, obj: str, location: str, props: str = "") -> dict[str, str]:
-    """The ``ais-*`` object headers AIStore sends on GET and HEAD; ``Last-Modified`` and
-    ``ETag`` only when ``props`` asks for them (HEAD v2)."""
-    h = {
-        "ais-checksum-type": CKSUM_TYPE if md.cksum else "none",
-        "ais-checksum-value": md.cksum,
-        "ais-version": str(md.version),
-        "ais-atime": str(md.atime_ns),
-        "ais-name": obj,
-        "ais-bucket-name": bck,
-        "ais-bucket-provider": "ais",
-        "ais-location": location,
-        "ais-mirror-copies": "1",
-        "ais-present": "true",
-    }
-    if md.custom:
-        h["ais-custom-md"] = ", ".join(f"{k}={v}" for k, v in sorted(md.custom.items()))
-    if "last-modified" in props:
-        h["Last-Modified"] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(md.atime_ns / 1e9))
-    if "etag" in props:
-        h["ETag"] = md.cksum
-    return h
-
-
-_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
-
-
-def parse_range(value: str, size: int) -> tuple[int, int]:
-    """Parse one ``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` range (RFC 7233, as Go's parseRange).
-
-    Returns:
-        ``(offset, length)``.
-
-    Raises:
-        BadRequest: malformed or multi-range.
-        RangeNotSatisfiable: starts past the end, or a zero-length suffix.
-    """
-    m = _RANGE_RE.fullmatch(value.strip())
-    if m is None or (not m[1] and not m[2]):
-        raise BadRequest(f"invalid Range header {value!r}: expected a single bytes=a-b range")
-    if not m[1]:
-        n = int(m[2])
-        if n == 0 or size == 0:
-            raise RangeNotSatisfiable(f"range {value!r} not satisfiable for size {size}")
-        return max(0, size - n), min(n, size)
-    start = int(m[1])
-    if m[2] and int(m[2]) < start:
-        raise BadRequest(f"invalid Range header {value!r}: end before start")
-    if start >= size:
-        raise RangeNotSatisfiable(f"range {value!r} not satisfiable for size {size}")
-    end = min(int(m[2]) if m[2] else size - 1, size - 1)
-    return start, end - start + 1
-
-
 @dataclass
 class _ListSession:
     names: list[tuple[str, str]]
@@ -143,33 +92,49 @@ class _ListSession:
 class Target:
     """One storage target: objects on mountpaths behind an aiohttp app.
 
+    The composition root of a target process: it builds the services
+    (:mod:`aioetl.engine.target.services`) and hands each component the ones it
+    uses; no component holds the target itself.
+
     Args:
         cfg: the target's configuration.
+        runtime: the pod runtime (default: local processes under ``cfg.data_dir``);
+            tests pass their own.
     """
 
-    def __init__(self, cfg: TargetConfig) -> None:
+    def __init__(self, cfg: TargetConfig, runtime: PodRuntime | None = None) -> None:
         self.cfg = cfg
         self.node_id = cfg.node_id
+        self.node = NodeInfo(cfg.node_id, cfg.gateway_url, cfg.data_dir or os.path.dirname(cfg.mountpaths[0]))
         self.store = Store(cfg.mountpaths)
-        self.smap: Smap | None = None
-        self.bmd: dict[str, Any] = self.store.load_bmd_copy() or {"version": 0, "buckets": {}}
-        self.url = ""
+        self.cluster = ClusterView(cfg.node_id, bmd=self.store.load_bmd_copy() or {"version": 0, "buckets": {}})
+        self.peers = Peers(self.cluster, cfg.gateway_url, cfg.cluster_secret)
+        self.receipts = Receipts()  # the receive side of every job's direct puts here
+        self.objects = ObjectIO(cfg.node_id, self.store, self.receipts)
+        self.runtime: PodRuntime = runtime or LocalProcessRuntime(self.node.data_dir)
+        self.jobs = OfflineJobs(self.node, self.cluster, self.store, self.peers, self.receipts)
+        self.etl = EtlManager(self.node, self.cluster, self.store, self.objects, self.peers, self.runtime, self.jobs)
+        self.jobs.etls = self.etl
         self._lists: dict[str, _ListSession] = {}
-        self.session: aiohttp.ClientSession | None = None
         self.log = log.bind(target=cfg.node_id)
-        from aioetl.engine.target.etl import EtlManager
-        from aioetl.engine.target.pods import LocalProcessRuntime
-
-        self.runtime = LocalProcessRuntime(cfg.data_dir or os.path.dirname(cfg.mountpaths[0]))
-        self.etl = EtlManager(self, self.runtime)
-        from aioetl.engine.scheduler.offline import OfflineJobs
-
-        self.jobs = OfflineJobs(self)
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    @property
+    def url(self) -> str:
+        return self.node.url
+
+    @property
+    def smap(self) -> Smap | None:
+        return self.cluster.smap
+
+    @property
+    def bmd(self) -> dict[str, Any]:
+        return self.cluster.bmd
+
     def _background(self, coro: Any, what: str) -> None:
-        """Run ``coro`` as a task the target keeps a reference to; its failure is logged."""
-        task = asyncio.ensure_future(coro)
+        """Run ``coro`` as a task the target keeps a reference to (cancelled at shutdown);
+        its failure is logged."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
 
         def done(t: asyncio.Task[Any]) -> None:
@@ -178,6 +143,11 @@ class Target:
                 self.log.warning(f"{what} failed", error=str(t.exception()))
 
         task.add_done_callback(done)
+
+    async def _cancel_background(self, _: web.Application) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- app ---------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -196,25 +166,19 @@ class Target:
         r.add_route("GET", "/v1/daemon", self.daemon)
         self.etl.add_routes(app)
         self.jobs.add_routes(app)
+        app.on_cleanup.append(self._cancel_background)
         return app
 
     # -- helpers -----------------------------------------------------------
-    def _check_bck(self, bck: str) -> None:
-        validate_bck_name(bck)
-        if bck not in self.bmd["buckets"]:
-            raise bck_not_found(bck)
-
     def _misdirected(self, request: web.Request, bck: str, obj: str) -> None:
         """Raise a 307 to the HRW owner when that is another target (stale client map)."""
-        if self.smap is None or len(self.smap.targets) < 2:
-            return
-        owner = self.smap.hrw_target(make_uname(bck, obj))
-        if owner.daemon_id != self.node_id:
+        owner = self.cluster.owner(bck, obj)
+        if owner is not None:
             raise web.HTTPTemporaryRedirect(owner.url + request.raw_path)
 
     def _obj(self, request: web.Request) -> tuple[str, str]:
         bck, obj = split_obj_path(request)
-        self._check_bck(bck)
+        self.cluster.check_bck(bck)
         validate_obj_name(obj)
         self._misdirected(request, bck, obj)
         return bck, obj
@@ -226,134 +190,28 @@ class Target:
         if "object_to" in request.query:
             return await self.etl.copy_object(request, bck, obj)
         xid = request.query.get("uuid", "")
-        md = await self.receive_object(request, bck, obj, xid=xid)
+        md = await self.objects.receive(request, bck, obj, xid=xid)
         if xid:
-            self.count_in(xid, md.size)
+            self.jobs.count_in(xid, md.size)
         return web.Response(status=200)
 
-    async def receive_object(self, request: web.Request, bck: str, obj: str, *, xid: str = "",
-                             receipt: bool = False) -> LomMD:
-        """Stream a request body into ``bck/obj``: work file, fsync, rename.
-
-        Cancelling (client gone) removes the work file; nothing becomes visible.
-
-        Args:
-            xid: the job this object belongs to (``?uuid=``); an object of an aborted
-                job, or one its sender has already given up on, is refused
-                (:mod:`.receipts`).
-            receipt: keep a receipt for the sender to settle (direct puts).
-
-        Raises:
-            BadRequest: the body is shorter than its Content-Length.
-            RequestTimeout: the client sent nothing for ``BODY_IDLE_TIMEOUT_S`` (408;
-                the connection is closed and the work file removed).
-            Conflict: refused for job ``xid`` (409).
-        """
-        expected = request.content_length
-        key = f"{bck}/{obj}"
-        receipts = self.jobs.receipts
-        if xid:
-            receipts.check(xid, key)
-        wf = self.store.open_work(bck, obj)
-        try:
-            async for chunk in iter_body(request):  # a body idle past BODY_IDLE_TIMEOUT_S: 408, cut
-                wf.write(chunk)
-            if expected is not None and wf.size != expected:
-                raise BadRequest(f"short body for \"ais://{bck}/{obj}\": got {wf.size} of {expected} bytes")
-            if xid:
-                return await receipts.commit(xid, key, wf.finalize, not wf.mpath.volatile, record=receipt)
-            if wf.mpath.volatile:
-                return wf.finalize()  # tmpfs: fsync is free; a thread hop is not
-            # fsync blocks on a disk: run it (and the rename) in a thread
-            return await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
-        except BaseException as e:
-            wf.abort()
-            if xid and receipt and isinstance(e, AioetlError):  # the sender learns why at settlement
-                receipts.note_failure(xid, key, f"target {self.node_id}: {e.message}")
-            raise
 
     async def get_object(self, request: web.Request) -> web.StreamResponse:
         bck, obj = self._obj(request)
         if request.query.get("etl_name"):
             return await self.etl.inline_get(request, bck, obj)
-        return await self.serve_object(request, bck, obj)
+        return await self.objects.serve(request, bck, obj)
 
-    async def serve_object(self, request: web.Request, bck: str, obj: str) -> web.StreamResponse:
-        """Answer a GET of ``bck/obj`` with its bytes (or one range of them)."""
-        fd, md, fqn = self.store.open_object(bck, obj)
-        f = os.fdopen(fd, "rb", buffering=0)
-        try:
-            headers = md_headers(md, bck, obj, f"{self.node_id}:{fqn}")
-            headers["Content-Type"] = "application/octet-stream"
-            headers["Accept-Ranges"] = "bytes"
-            offset, count, status = 0, md.size, 200
-            rng = request.headers.get("Range")
-            if rng:
-                offset, count = parse_range(rng, md.size)
-                status = 206
-                headers["Content-Range"] = f"bytes {offset}-{offset + count - 1}/{md.size}"
-            if count <= SMALL_OBJECT:
-                data = os.pread(fd, count, offset) if count else b""
-                return web.Response(status=status, body=data, headers=headers)
-            resp = web.StreamResponse(status=status, headers=headers)
-            resp.content_length = count
-            await resp.prepare(request)
-            transport = request.transport
-            if transport is None:
-                raise ConnectionResetError("client went away")
-            try:
-                await asyncio.get_running_loop().sendfile(transport, f, offset, count)
-            except NotImplementedError:
-                pos = offset
-                while pos < offset + count:
-                    chunk = os.pread(fd, min(CHUNK, offset + count - pos), pos)
-                    if not chunk:
-                        break
-                    await resp.write(chunk)
-                    pos += len(chunk)
-            await resp.write_eof()
-            return resp
-        finally:
-            f.close()
 
     async def head_object(self, request: web.Request) -> web.StreamResponse:
         bck, obj = self._obj(request)
-        return await self.head_local(bck, obj, request.query.get("props", ""))
+        return await self.objects.head(bck, obj, request.query.get("props", ""))
 
-    async def head_local(self, bck: str, obj: str, props: str = "") -> web.StreamResponse:
-        fd, md, fqn = self.store.open_object(bck, obj)
-        os.close(fd)
-        headers = md_headers(md, bck, obj, f"{self.node_id}:{fqn}", props)
-        headers["Content-Length"] = str(md.size)
-        return web.Response(status=200, headers=headers)
 
     async def delete_object(self, request: web.Request) -> web.StreamResponse:
         bck, obj = self._obj(request)
         self.store.delete(bck, obj)
         return web.Response(status=200)
-
-    async def put_to_owner(self, bck: str, obj: str, data: bytes) -> None:
-        """Store ``data`` as ``bck/obj`` on its HRW owner: here, or PUT to the peer."""
-        owner = self.smap.hrw_target(make_uname(bck, obj)) if self.smap else None
-        if owner is None or owner.daemon_id == self.node_id:
-            await asyncio.get_running_loop().run_in_executor(None, self.store.put_bytes, bck, obj, data)
-            return
-        assert self.session is not None
-        url = f"{owner.url}/v1/objects/{quote(bck, safe='')}/{quote(obj, safe='/')}"
-        async with self.session.put(url, data=data) as r:
-            if r.status >= 400:
-                body = await r.read()
-                from aioetl.errors import AioetlError
-
-                raise AioetlError(f"peer {owner.daemon_id} refused {bck}/{obj}: {body[:300]!r}", status=r.status)
-
-    def count_in(self, xid: str, size: int) -> None:
-        """An object of job ``xid`` landed here from a peer or its pod (``in`` stats)."""
-        self.jobs.count_in(xid, size)
-
-    def job_obj_errors(self, xid: str) -> list[dict[str, Any]]:
-        """Per-object errors (at most 128) of offline job ``xid`` on this target."""
-        return self.jobs.obj_errors(xid)
 
     # -- listing -----------------------------------------------------------
     async def list_page(self, request: web.Request) -> web.StreamResponse:
@@ -366,7 +224,7 @@ class Target:
         Returns (msgpack): ``{"entries": [[name, size, cksum, version, atime_ns, custom], ...], "more": bool}``.
         """
         bck = request.match_info["bck"]
-        self._check_bck(bck)
+        self.cluster.check_bck(bck)
         msg = await read_json(request)
         if request.query.get("what") == "summary":
             return await self._summary(bck, str(msg.get("prefix", "")))
@@ -449,8 +307,8 @@ class Target:
         """
         if "smap" in doc:
             smap = Smap.from_json(doc["smap"])
-            if self.smap is None or smap.version >= self.smap.version:
-                self.smap = smap
+            if self.cluster.smap is None or smap.version >= self.cluster.smap.version:
+                self.cluster.smap = smap
         bmd = doc.get("bmd")
         if bmd is not None and (joining or bmd["version"] >= self.bmd["version"]):
             old = self.bmd["buckets"]
@@ -465,7 +323,7 @@ class Target:
                     self._background(remove_trash_async(trash), f"removing destroyed bucket {bck}")
             if bmd != self.bmd:
                 self.store.save_bmd_copy(bmd)
-            self.bmd = bmd
+            self.cluster.bmd = bmd
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         return web.Response(status=200)
@@ -485,12 +343,11 @@ class Target:
     # -- lifecycle ---------------------------------------------------------
     async def join(self) -> None:
         """Register with the gateway until it answers; apply the smap+BMD it returns."""
-        assert self.session is not None
         body = {"daemon_id": self.node_id, "daemon_type": "target", "url": self.url}
         deadline = time.monotonic() + 60
         while True:
             try:
-                async with self.session.post(f"{self.cfg.gateway_url}/v1/cluster/join", json=body) as r:
+                async with self.peers.session.post(f"{self.cfg.gateway_url}/v1/cluster/join", json=body) as r:
                     if r.status == 200:
                         self.apply_meta(await r.json(), joining=True)
                         return
@@ -544,16 +401,14 @@ async def run_target(cfg: TargetConfig) -> None:
     app = t.make_app()
 
     async def started(url: str) -> None:
-        t.url = url
-        # intra-cluster calls only (gateway, peers); pods get their own session without it
-        t.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=auth_headers(cfg.cluster_secret))
+        t.node.url = url
+        await t.peers.start()  # intra-cluster calls only (gateway, peers); pods get their own session
         await t.join()
         write_ready_file(cfg.run_dir, cfg.node_id, url)
         t.log.info("target ready", url=url, mountpaths=cfg.mountpaths)
 
     async def close_session(_: web.Application) -> None:
-        if t.session is not None:
-            await t.session.close()
+        await t.peers.close()
 
     app.on_cleanup.append(close_session)
     await serve_until_signalled(app, cfg.host, cfg.port, started)

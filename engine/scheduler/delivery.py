@@ -1,0 +1,130 @@
+"""Where a result goes, decided once: the delivery planner and its sinks.
+
+Every path that writes a result (an offline job's transformed or copied object,
+the ``object_to`` copy of one object) asks :func:`plan` and then uses the sink of
+the route it got, so the owner/local decision and the write are not repeated:
+
+- ``LOCAL``: this target is the HRW owner: a work file here, renamed into place;
+- ``PEER``: another target owns it: this target PUTs the bytes to it
+  (:meth:`aioetl.engine.target.peers.Peers.put_object`, counted ``out`` here and
+  ``in`` there);
+- ``DIRECT``: another target owns it and the pod delivers it there itself
+  (AIStore's direct put, ``ext/etl/dp.go``): the last hop of the request's
+  pipeline is :func:`direct_put_hop`; the destination keeps a receipt and this
+  target settles it (:mod:`aioetl.engine.scheduler.receipts`).
+
+:func:`plan` is a pure function of the cluster map (HRW placement, as AIStore's
+``cluster/lom.go`` HrwTarget).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from aioetl.engine.core.names import make_uname
+from aioetl.engine.core.smap import Snode
+from aioetl.engine.target.peers import Peers
+from aioetl.engine.target.services import ClusterView
+from aioetl.engine.target.storage import LomMD, Store
+
+__all__ = ["Delivery", "Route", "Sinks", "direct_put_hop", "plan"]
+
+
+class Route(enum.Enum):
+    LOCAL = "local"
+    PEER = "peer"
+    DIRECT = "direct"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A planned destination: ``route`` and, for PEER and DIRECT, the ``owner`` target."""
+
+    route: Route
+    owner: Snode | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.route is Route.LOCAL
+
+
+def plan(cluster: ClusterView, bck: str, obj: str, *, direct_put: bool = False) -> Delivery:
+    """The route of a result named ``bck/obj``.
+
+    Args:
+        direct_put: the pod can deliver to the owner itself (the ETL's
+            ``direct_put``, or a ws job); only used when the owner is a peer.
+    """
+    owner = cluster.owner(bck, obj)
+    if owner is None:
+        return Delivery(Route.LOCAL)
+    return Delivery(Route.DIRECT if direct_put else Route.PEER, owner)
+
+
+def direct_put_hop(owner: Snode, bck: str, obj: str, xid: str) -> str:
+    """The pipeline's last hop for a direct put of job ``xid``'s ``bck/obj`` to ``owner``
+    (the pod PUTs to ``<owner>/<uname>?owt=3&uuid=<xid>``; ``Ais-Node-Url`` as AIStore sends)."""
+    return f"{owner.url}/{quote(make_uname(bck, obj), safe='@')}?owt=3&uuid={xid}"
+
+
+class Sinks:
+    """The writes behind LOCAL and PEER.
+
+    Args:
+        store: this target's object store.
+        peers: the intra-cluster client.
+    """
+
+    def __init__(self, store: Store, peers: Peers) -> None:
+        self.store = store
+        self.peers = peers
+
+    async def put_local(self, bck: str, obj: str, data: bytes) -> LomMD:
+        """Write ``data`` as ``bck/obj`` here (inline on tmpfs, fsync in a thread on a disk)."""
+        if self.store.mountpath_of(bck, obj).volatile:
+            return self.store.put_bytes(bck, obj, data)
+        return await asyncio.get_running_loop().run_in_executor(None, self.store.put_bytes, bck, obj, data)
+
+    async def put_bytes(self, d: Delivery, bck: str, obj: str, data: bytes, *, xid: str = "") -> int:
+        """Deliver whole ``data`` by route LOCAL or PEER. Returns bytes written or sent.
+
+        Raises:
+            ValueError: route DIRECT (the pod delivers those).
+            InsufficientStorage, AioetlError, aiohttp.ClientError: the write failed here or at the peer.
+        """
+        if d.route is Route.LOCAL:
+            await self.put_local(bck, obj, data)
+            return len(data)
+        if d.route is Route.PEER and d.owner is not None:
+            return await self.peers.put_object(d.owner.url, bck, obj, data, xid=xid, size=len(data))
+        raise ValueError(f"no sink for route {d.route} (the pod delivers direct puts)")
+
+    async def put_stream(self, d: Delivery, bck: str, obj: str, body: Any, *, size: int | None,
+                         xid: str = "") -> int:
+        """Deliver a body that is not in memory (a pod's streamed reply, an open file) by
+        route LOCAL or PEER. Returns bytes written or sent.
+
+        ``body``: an aiohttp ``StreamReader`` or a binary file object.
+        """
+        if d.route is Route.PEER and d.owner is not None:
+            return await self.peers.put_object(d.owner.url, bck, obj, body, xid=xid, size=size)
+        if d.route is not Route.LOCAL:
+            raise ValueError(f"no sink for route {d.route} (the pod delivers direct puts)")
+        wf = self.store.open_work(bck, obj)
+        try:
+            if hasattr(body, "iter_chunked"):
+                async for chunk in body.iter_chunked(1 << 20):
+                    wf.write(chunk)
+            else:
+                while chunk := body.read(1 << 20):
+                    wf.write(chunk)
+            md = wf.finalize() if wf.mpath.volatile else \
+                await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
+        except BaseException:
+            wf.abort()
+            raise
+        return md.size

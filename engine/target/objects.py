@@ -1,0 +1,184 @@
+"""Object bytes in and out of a target over HTTP (AIStore ``ais/tgtobj.go``).
+
+:class:`ObjectIO` serves GET (whole, one ``Range``, ``sendfile`` above
+:data:`SMALL_OBJECT`), HEAD (the ``ais-*`` headers, :func:`md_headers`) and
+receives PUT bodies into work files that become objects only when complete. The
+target's public object routes and the pods' ``_object`` route
+(:mod:`aioetl.engine.target.etl`) both use it; a direct put of an offline job is
+checked against the job's receipts (:mod:`aioetl.engine.scheduler.receipts`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+
+from aiohttp import web
+
+from aioetl.engine.node.httpd import iter_body
+from aioetl.engine.scheduler.receipts import Receipts
+from aioetl.engine.target.storage import CKSUM_TYPE, LomMD, Store
+from aioetl.errors import AioetlError, BadRequest, RangeNotSatisfiable
+
+__all__ = ["CHUNK", "SMALL_OBJECT", "ObjectIO", "md_headers", "parse_range"]
+
+SMALL_OBJECT = 256 * 1024  # read/write whole below this; stream above
+CHUNK = 1024 * 1024
+
+
+def md_headers(md: LomMD, bck: str, obj: str, location: str, props: str = "") -> dict[str, str]:
+    """The ``ais-*`` object headers AIStore sends on GET and HEAD; ``Last-Modified`` and
+    ``ETag`` only when ``props`` asks for them (HEAD v2)."""
+    h = {
+        "ais-checksum-type": CKSUM_TYPE if md.cksum else "none",
+        "ais-checksum-value": md.cksum,
+        "ais-version": str(md.version),
+        "ais-atime": str(md.atime_ns),
+        "ais-name": obj,
+        "ais-bucket-name": bck,
+        "ais-bucket-provider": "ais",
+        "ais-location": location,
+        "ais-mirror-copies": "1",
+        "ais-present": "true",
+    }
+    if md.custom:
+        h["ais-custom-md"] = ", ".join(f"{k}={v}" for k, v in sorted(md.custom.items()))
+    if "last-modified" in props:
+        h["Last-Modified"] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(md.atime_ns / 1e9))
+    if "etag" in props:
+        h["ETag"] = md.cksum
+    return h
+
+
+_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+
+
+def parse_range(value: str, size: int) -> tuple[int, int]:
+    """Parse one ``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` range (RFC 7233, as Go's parseRange).
+
+    Returns:
+        ``(offset, length)``.
+
+    Raises:
+        BadRequest: malformed or multi-range.
+        RangeNotSatisfiable: starts past the end, or a zero-length suffix.
+    """
+    m = _RANGE_RE.fullmatch(value.strip())
+    if m is None or (not m[1] and not m[2]):
+        raise BadRequest(f"invalid Range header {value!r}: expected a single bytes=a-b range")
+    if not m[1]:
+        n = int(m[2])
+        if n == 0 or size == 0:
+            raise RangeNotSatisfiable(f"range {value!r} not satisfiable for size {size}")
+        return max(0, size - n), min(n, size)
+    start = int(m[1])
+    if m[2] and int(m[2]) < start:
+        raise BadRequest(f"invalid Range header {value!r}: end before start")
+    if start >= size:
+        raise RangeNotSatisfiable(f"range {value!r} not satisfiable for size {size}")
+    end = min(int(m[2]) if m[2] else size - 1, size - 1)
+    return start, end - start + 1
+
+
+class ObjectIO:
+    """Object GET/HEAD/PUT bodies of one target.
+
+    Args:
+        node_id: this target (``ais-location`` and error texts name it).
+        store: its object store.
+        receipts: the receive side of offline jobs' direct puts.
+    """
+
+    def __init__(self, node_id: str, store: Store, receipts: Receipts) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.receipts = receipts
+
+    async def receive(self, request: web.Request, bck: str, obj: str, *, xid: str = "",
+                      receipt: bool = False) -> LomMD:
+        """Stream a request body into ``bck/obj``: work file, fsync, rename.
+
+        Cancelling (client gone) removes the work file; nothing becomes visible.
+
+        Args:
+            xid: the job this object belongs to (``?uuid=``); an object of an aborted
+                job, or one its sender has already given up on, is refused
+                (:mod:`.receipts`).
+            receipt: keep a receipt for the sender to settle (direct puts).
+
+        Raises:
+            BadRequest: the body is shorter than its Content-Length.
+            RequestTimeout: the client sent nothing for ``BODY_IDLE_TIMEOUT_S`` (408;
+                the connection is closed and the work file removed).
+            Conflict: refused for job ``xid`` (409).
+        """
+        expected = request.content_length
+        key = f"{bck}/{obj}"
+        receipts = self.receipts
+        if xid:
+            receipts.check(xid, key)
+        wf = self.store.open_work(bck, obj)
+        try:
+            async for chunk in iter_body(request):  # a body idle past BODY_IDLE_TIMEOUT_S: 408, cut
+                wf.write(chunk)
+            if expected is not None and wf.size != expected:
+                raise BadRequest(f"short body for \"ais://{bck}/{obj}\": got {wf.size} of {expected} bytes")
+            if xid:
+                return await receipts.commit(xid, key, wf.finalize, not wf.mpath.volatile, record=receipt)
+            if wf.mpath.volatile:
+                return wf.finalize()  # tmpfs: fsync is free; a thread hop is not
+            # fsync blocks on a disk: run it (and the rename) in a thread
+            return await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
+        except BaseException as e:
+            wf.abort()
+            if xid and receipt and isinstance(e, AioetlError):  # the sender learns why at settlement
+                receipts.note_failure(xid, key, f"target {self.node_id}: {e.message}")
+            raise
+
+    async def serve(self, request: web.Request, bck: str, obj: str) -> web.StreamResponse:
+        """Answer a GET of ``bck/obj`` with its bytes (or one range of them)."""
+        fd, md, fqn = self.store.open_object(bck, obj)
+        f = os.fdopen(fd, "rb", buffering=0)
+        try:
+            headers = md_headers(md, bck, obj, f"{self.node_id}:{fqn}")
+            headers["Content-Type"] = "application/octet-stream"
+            headers["Accept-Ranges"] = "bytes"
+            offset, count, status = 0, md.size, 200
+            rng = request.headers.get("Range")
+            if rng:
+                offset, count = parse_range(rng, md.size)
+                status = 206
+                headers["Content-Range"] = f"bytes {offset}-{offset + count - 1}/{md.size}"
+            if count <= SMALL_OBJECT:
+                data = os.pread(fd, count, offset) if count else b""
+                return web.Response(status=status, body=data, headers=headers)
+            resp = web.StreamResponse(status=status, headers=headers)
+            resp.content_length = count
+            await resp.prepare(request)
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("client went away")
+            try:
+                await asyncio.get_running_loop().sendfile(transport, f, offset, count)
+            except NotImplementedError:
+                pos = offset
+                while pos < offset + count:
+                    chunk = os.pread(fd, min(CHUNK, offset + count - pos), pos)
+                    if not chunk:
+                        break
+                    await resp.write(chunk)
+                    pos += len(chunk)
+            await resp.write_eof()
+            return resp
+        finally:
+            f.close()
+
+    async def head(self, bck: str, obj: str, props: str = "") -> web.StreamResponse:
+        """Answer a HEAD of ``bck/obj`` (its ``ais-*`` headers; ``props`` as in HEAD v2)."""
+        fd, md, fqn = self.store.open_object(bck, obj)
+        os.close(fd)
+        headers = md_headers(md, bck, obj, f"{self.node_id}:{fqn}", props)
+        headers["Content-Length"] = str(md.size)
+        return web.Response(status=200, headers=headers)
