@@ -67,7 +67,7 @@ def test_dir_lists_the_public_names() -> None:
 
 def test_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no_such_name"):
-        aioetl.no_such_name  # type: ignore[attr-defined]  # noqa: B018
+        aioetl.no_such_name  # noqa: B018
     assert not hasattr(aioetl, "NoSuchThing")
 
 
