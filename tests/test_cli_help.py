@@ -91,10 +91,14 @@ def test_user_text_in_errors_is_not_markup(tmp_path: Path) -> None:
 
 
 def test_console_script_help(tmp_path: Path) -> None:
-    """The installed entry point, in a process of its own, from outside the repository."""
+    """The installed entry point (and ``python -m aioetl``), in a process of its own, outside the repository."""
     assert AIOETL.exists(), AIOETL
     for argv in (["--help"], ["put", "--help"]):
         r = subprocess.run([str(AIOETL), *argv], capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert "Usage: aioetl" in r.stdout
     assert "ais://BUCKET[/PREFIX]" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "aioetl", "etl", "--help"], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Initialize, inspect and use ETLs." in r.stdout
