@@ -41,6 +41,7 @@ class LoopReader(io.RawIOBase):
         self._on_close = on_close
         self._pending: concurrent.futures.Future[bytes] | None = None
         self._eof = False
+        self._shut = False  # set by close() before it looks for a pending read
         self._loop_thread = threading.get_ident()  # constructed on the loop
 
     def readable(self) -> bool:
@@ -63,6 +64,8 @@ class LoopReader(io.RawIOBase):
             raise RuntimeError("the request body reader must be read from a worker thread, not the event loop")
         cf = asyncio.run_coroutine_threadsafe(self._aread(size), self._loop)
         self._pending = cf
+        if self._shut:  # close() ran meanwhile and may not have seen cf
+            cf.cancel()
         try:
             data = cf.result()
         except concurrent.futures.CancelledError:
@@ -90,6 +93,7 @@ class LoopReader(io.RawIOBase):
     def close(self) -> None:
         if self.closed:
             return
+        self._shut = True  # first: a read() that notes its request after this sees it
         cf = self._pending
         if cf is not None:
             cf.cancel()
