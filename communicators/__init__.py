@@ -62,4 +62,4 @@ def __getattr__(name: str) -> Any:
         from aioetl.communicators.pod.fastapi_server import FastAPIServer
 
         return FastAPIServer
-    raise AttributeError(f"module 'communicators' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,12 +6,13 @@ collects the frames written during one event-loop tick and sends them with one
 ``writelines`` at the end of the tick, or as soon as ``max_frames`` are
 collected.
 
-- Target (:mod:`.target_comm`): several job workers sharing a connection write
-  their control frames in the same tick (profiling the ws path showed a
+- Target (:mod:`aioetl.communicators.target.comm`): several job workers sharing
+  a connection write their control frames in the same tick (profiling the ws path showed a
   ``send()`` per small control frame as the target's largest cost, 37% of
   samples for 10 KiB objects).
-- Pod (:mod:`.aiohttp_server`): requests that arrived together are answered on
-  the loop one after another without yielding (``ETLServer._ws_inline``), so
+- Pod (:mod:`aioetl.communicators.pod.aiohttp_shell`): requests that arrived
+  together are answered on the loop one after another without yielding
+  (``ETLServer._ws_inline``, :mod:`aioetl.communicators.pod.ws_pipeline`), so
   their replies leave together, at most ``max_frames`` per send: the target
   then handles several replies per wakeup (one recv, warm caches) instead of
   being woken for each, while the pod keeps the rest of its queue to work on.
