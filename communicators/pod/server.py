@@ -209,8 +209,9 @@ class ETLServer:
         return self._executor
 
     @property
-    def direct_put(self) -> DirectPutClient:
-        """The client of the next hops (:mod:`.direct_put`), open between startup and shutdown."""
+    def _next_hop(self) -> DirectPutClient:
+        """The client of the next hops (:mod:`.direct_put`), open between startup and
+        shutdown. (Not ``direct_put``: aistore[etl]'s server has a bool of that name.)"""
         if self._direct_put is None:
             raise RuntimeError("ETLServer.startup() has not run")
         return self._direct_put
@@ -304,7 +305,7 @@ class ETLServer:
             data = await req.body.read_all()
         out = await self._call_transform(data, req.path, req.etl_args)
         if first:
-            o = await self.direct_put.put_retrying(first, rest, out, req.path, req.etl_args)
+            o = await self._next_hop.put_retrying(first, rest, out, req.path, req.etl_args)
             return PodReply(o.status, o.body, o.headers())
         return PodReply(200, out, {}, self.get_mime_type())
 
@@ -317,14 +318,14 @@ class ETLServer:
                 failed: list[BaseException] = []
                 chunks = self._stream_chunks(reader, req.path, req.etl_args, failed)
                 try:
-                    o = await self.direct_put.put(first, rest, chunks, req.path, req.etl_args, failed)
+                    o = await self._next_hop.put(first, rest, chunks, req.path, req.etl_args, failed)
                     return PodReply(o.status, o.body, o.headers())
                 except ETLDirectPutTransientError as e:
                     if attempt >= retries:
                         if not replayable:
                             e.bail_without_local_retry = True
                         raise
-                    await self.direct_put.back_off(attempt, retries, e, "streaming direct put")
+                    await self._next_hop.back_off(attempt, retries, e, "streaming direct put")
                 finally:
                     await chunks.aclose()
                     close_quietly(reader)
@@ -406,7 +407,7 @@ class ETLServer:
                 out = await self._call_transform(data, ctrl.path, ctrl.etl_args)
             if not first:
                 return out
-            o = await self.direct_put.put_retrying(first, rest, out, ctrl.path, ctrl.etl_args)
+            o = await self._next_hop.put_retrying(first, rest, out, ctrl.path, ctrl.etl_args)
             if o.status == 200:
                 return o.body
             if o.status == 204:
