@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -51,15 +54,18 @@ from aioetl.communicators.wire.frames import (
 from aioetl.errors import AioetlError, BadRequest, ClientError, TransientError
 
 __all__ = [
+    "Communicator",
     "EtlFailed",
     "EtlRetry",
     "HpullComm",
     "HpushComm",
     "Lender",
     "PodResult",
+    "Reply",
     "WsComm",
     "classify_ws_reply",
     "fqn_param",
+    "make_communicator",
     "pod_error",
 ]
 
@@ -83,10 +89,127 @@ class EtlRetry(EtlFailed, TransientError):
 
 @dataclass
 class PodResult:
-    """Outcome of one object: ``data`` (transformed bytes) or ``delivered`` bytes by direct put."""
+    """Outcome of one ws round trip: ``data`` (transformed bytes) or ``delivered`` bytes by direct put."""
 
     data: bytes | None = None
     delivered: int = -1
+
+
+@dataclass
+class Reply:
+    """A pod's answer for one object, whatever the comm type (:meth:`Communicator.send`).
+
+    Exactly one of:
+
+    - ``data``: the whole result in memory (ws);
+    - ``stream``: the result's body, not yet read (hpush, hpull); ``size`` is its
+      ``Content-Length`` when the pod sent one (else it is chunked);
+    - ``delivered``: the pod put the result to its destination itself (direct put):
+      the byte count it claims, ``-1`` when it names none (hpush/hpull 204).
+      ``uncertain``: the claim cannot be told from a failed direct put
+      (``aistore[etl]``'s ws pods answer "0" for both): ask the destination.
+
+    ``etl`` and ``what`` name the ETL and the object in the errors of :meth:`read`
+    and :meth:`chunks`.
+    """
+
+    etl: str
+    what: str
+    data: bytes | None = None
+    stream: aiohttp.StreamReader | None = None
+    size: int | None = None
+    delivered: int | None = None
+    uncertain: bool = False
+
+    def broken(self, e: BaseException) -> EtlFailed:
+        """The error for a reply that broke while being read (424, AIStore's pod-gone status)."""
+        return EtlFailed(f'ETL error: etl job "{self.etl}": pod failed mid-transform of {self.what}: '
+                         f"{type(e).__name__}: {e}", status=424)
+
+    async def chunks(self, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """The result's bytes, in chunks; the whole of ``data``, or ``stream`` as it arrives.
+
+        Raises:
+            EtlFailed: the body broke, or ended short of its ``Content-Length`` (424).
+            ValueError: the reply is "delivered", it has no bytes.
+        """
+        if self.data is not None:
+            yield self.data
+            return
+        if self.stream is None:
+            raise ValueError(f"{self.what}: the pod delivered it by direct put; there are no bytes to read")
+        n = 0
+        try:
+            async for chunk in self.stream.iter_chunked(chunk_size):
+                n += len(chunk)
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise self.broken(e) from e
+        if self.size is not None and n != self.size:
+            raise self.broken(ValueError(f"{n} bytes where Content-Length said {self.size}"))
+
+    async def read(self) -> bytes:
+        """The whole result (see :meth:`chunks` for the errors)."""
+        if self.data is not None:
+            return self.data
+        return b"".join([c async for c in self.chunks()])
+
+
+class Communicator(Protocol):
+    """How a target sends objects to one ETL pod: ``hpush://``, ``hpull://`` or ``ws://``
+    (AIStore ``ext/etl/communicator.go``). Built by :func:`make_communicator`.
+
+    Attributes:
+        etl: the ETL name (in error texts).
+        lender: lends a confined pod the files it reads by FQN (None: unconfined).
+    """
+
+    etl: str
+    lender: Lender | None
+
+    def send(self, bck: str, obj: str, *, fqn: str | None, etl_args: str = "", pipeline: Sequence[str] = (),
+             direct: bool = False, timeout_s: float | None = None) -> AbstractAsyncContextManager[Reply]:
+        """Send one object; ``async with`` it to get the :class:`Reply` (released on exit).
+
+        Args:
+            fqn: the file the pod reads (lent when confined); None is not supported by
+                every type (the target always has a local FQN for its own objects).
+            pipeline: next hops (``Ais-Node-Url``); with ``direct`` the last one is
+                the destination target, and "delivered" is the valid answer.
+            timeout_s: per-object limit (default: the ETL's ``obj_timeout``).
+
+        Raises:
+            EtlFailed: an error reply, a reply of the wrong kind, the pod gone (424).
+            BadRequest: the timeout (text has "timeout", as AIStore's).
+        """
+        ...
+
+    def redirect_url(self, uname: str, fqn: str | None, etl_args: str) -> str | None:
+        """Where an inline GET goes instead (hpull: the pod), or None (the target relays)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def make_communicator(comm_type: str, etl: str, pod_url: str, obj_timeout_s: float, session: aiohttp.ClientSession,
+                      *, lender: Lender | None = None, n_conns: int = 2,
+                      conns_per_process: int = 0) -> Communicator:
+    """The communicator of ``comm_type`` (``"hpush://"``, ``"hpull://"`` or ``"ws://"``,
+    AIStore's ``etl.Hpush``/``Hpull``/``WebSocket``) for the pod at ``pod_url``.
+
+    ``n_conns``/``conns_per_process``: ws connections (see :class:`WsComm`).
+
+    Raises:
+        ValueError: an unknown comm type.
+    """
+    if comm_type == "ws://":
+        return WsComm(etl, pod_url, obj_timeout_s, session, n_conns=n_conns, conns_per_process=conns_per_process,
+                      lender=lender)
+    if comm_type == "hpull://":
+        return HpullComm(etl, pod_url, obj_timeout_s, session, lender)
+    if comm_type == "hpush://":
+        return HpushComm(etl, pod_url, obj_timeout_s, session, lender)
+    raise ValueError(f"unknown communication type {comm_type!r}")
 
 
 # Go's url.PathEscape keeps the unreserved characters and "$&+:=@" (RFC 3986 §3.3 sub-delims
@@ -232,6 +355,26 @@ class HpushComm(_Comm):
             if lent:  # the pod has read its input once its reply has begun
                 self.lender.give_back(lent)  # type: ignore[union-attr]
 
+    @contextlib.asynccontextmanager
+    async def send(self, bck: str, obj: str, *, fqn: str | None, etl_args: str = "", pipeline: Sequence[str] = (),
+                   direct: bool = False, timeout_s: float | None = None) -> AsyncIterator[Reply]:
+        """:meth:`Communicator.send` over :meth:`open`: a 204 is "delivered", any other
+        2xx a ``stream``; the response is released when the block ends."""
+        resp = await self.open(bck, obj, fqn=fqn, etl_args=etl_args, pipeline=list(pipeline),
+                               timeout_s=timeout_s, direct=direct)
+        try:
+            what = f"ais://{bck}/{obj}"
+            if resp.status == 204:
+                yield Reply(self.etl, what, delivered=-1)
+            else:
+                yield Reply(self.etl, what, stream=resp.content, size=resp.content_length)
+        finally:
+            resp.release()
+
+    def redirect_url(self, uname: str, fqn: str | None, etl_args: str) -> str | None:
+        """hpush relays through the target: never a redirect."""
+        return None
+
     async def _send(self, method: str, url: str, params: dict[str, str], headers: dict[str, str],
                     body: Any, what: str, timeout_s: float | None = None,
                     direct: bool = False) -> aiohttp.ClientResponse:
@@ -303,7 +446,7 @@ class HpushComm(_Comm):
 class HpullComm(HpushComm):
     """``hpull://``: inline GETs are redirected to the pod; offline, the target GETs from it."""
 
-    def redirect_url(self, uname: str, fqn: str | None, etl_args: str) -> str:
+    def redirect_url(self, uname: str, fqn: str | None, etl_args: str) -> str | None:
         """Where an inline GET is redirected. A lent FQN (confined pod) stays for
         ``obj_timeout``: the client's GET to the pod is not seen by the target."""
         q = []
@@ -477,7 +620,7 @@ class WsComm(_Comm):
             raise self._unreachable(e) from e
         cork_ws(ws)
         c = _WsConn(ws)
-        c.reader = asyncio.ensure_future(self._read_loop(c))
+        c.reader = asyncio.get_running_loop().create_task(self._read_loop(c))
         return c
 
     def _anomaly(self, what: str) -> _Anomaly:
@@ -567,7 +710,7 @@ class WsComm(_Comm):
         c.broken = True
         if c in self.conns:
             self.conns.remove(c)
-        task = asyncio.ensure_future(c.ws.close())
+        task = asyncio.get_running_loop().create_task(c.ws.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -628,6 +771,24 @@ class WsComm(_Comm):
         finally:
             if lent:
                 self.lender.give_back(lent)  # type: ignore[union-attr]
+
+    @contextlib.asynccontextmanager
+    async def send(self, bck: str, obj: str, *, fqn: str | None, etl_args: str = "", pipeline: Sequence[str] = (),
+                   direct: bool = False, timeout_s: float | None = None) -> AsyncIterator[Reply]:
+        """:meth:`Communicator.send` over :meth:`transform`: the result is ``data``, or
+        "delivered" (``uncertain`` when a pod that does not echo ids says 0 bytes).
+        ``timeout_s`` is not used: a ws session's per-object limit is set when it is
+        built (a job builds its own session with the job's limit)."""
+        res = await self.transform(obj, fqn=fqn, etl_args=etl_args, pipeline=list(pipeline), direct=direct)
+        what = f"ais://{bck}/{obj}"
+        if res.data is not None:
+            yield Reply(self.etl, what, data=res.data)
+        else:
+            yield Reply(self.etl, what, delivered=res.delivered, uncertain=res.delivered <= 0 and not self.ids)
+
+    def redirect_url(self, uname: str, fqn: str | None, etl_args: str) -> str | None:
+        """ws relays through the target: never a redirect."""
+        return None
 
     async def _transform(self, obj: str, fqn: str | None, body: bytes | None, etl_args: str,
                          pipeline: list[str] | None, direct: bool) -> PodResult:

@@ -11,7 +11,9 @@ the route it got, so the owner/local decision and the write are not repeated:
 - ``DIRECT``: another target owns it and the pod delivers it there itself
   (AIStore's direct put, ``ext/etl/dp.go``): the last hop of the request's
   pipeline is :func:`direct_put_hop`; the destination keeps a receipt and this
-  target settles it (:mod:`aioetl.engine.scheduler.receipts`).
+  target settles it (:mod:`aioetl.engine.scheduler.receipts`). A pod may still
+  answer such a request with the bytes (AIStore's pods do when they do not put
+  themselves): then the target sends them to the owner as for PEER.
 
 :func:`plan` is a pure function of the cluster map (HRW placement, as AIStore's
 ``cluster/lom.go`` HrwTarget).
@@ -21,10 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
+
+from aioetl.communicators.target.comm import EtlFailed, Reply
 from aioetl.engine.core.names import make_uname
 from aioetl.engine.core.smap import Snode
 from aioetl.engine.target.peers import Peers
@@ -90,41 +96,68 @@ class Sinks:
         return await asyncio.get_running_loop().run_in_executor(None, self.store.put_bytes, bck, obj, data)
 
     async def put_bytes(self, d: Delivery, bck: str, obj: str, data: bytes, *, xid: str = "") -> int:
-        """Deliver whole ``data`` by route LOCAL or PEER. Returns bytes written or sent.
+        """Deliver whole ``data`` here (LOCAL) or to the owner (PEER, or DIRECT when the pod
+        answered with the bytes instead of putting them). Returns bytes written or sent.
 
         Raises:
-            ValueError: route DIRECT (the pod delivers those).
             InsufficientStorage, AioetlError, aiohttp.ClientError: the write failed here or at the peer.
         """
-        if d.route is Route.LOCAL:
+        if d.owner is None:
             await self.put_local(bck, obj, data)
             return len(data)
-        if d.route is Route.PEER and d.owner is not None:
-            return await self.peers.put_object(d.owner.url, bck, obj, data, xid=xid, size=len(data))
-        raise ValueError(f"no sink for route {d.route} (the pod delivers direct puts)")
+        return await self.peers.put_object(d.owner.url, bck, obj, data, xid=xid, size=len(data))
 
     async def put_stream(self, d: Delivery, bck: str, obj: str, body: Any, *, size: int | None,
                          xid: str = "") -> int:
-        """Deliver a body that is not in memory (a pod's streamed reply, an open file) by
-        route LOCAL or PEER. Returns bytes written or sent.
-
-        ``body``: an aiohttp ``StreamReader`` or a binary file object.
-        """
-        if d.route is Route.PEER and d.owner is not None:
+        """Deliver an open binary file (a large object being copied) here or to the owner,
+        without reading it whole. Returns bytes written or sent."""
+        if d.owner is not None:
             return await self.peers.put_object(d.owner.url, bck, obj, body, xid=xid, size=size)
-        if d.route is not Route.LOCAL:
-            raise ValueError(f"no sink for route {d.route} (the pod delivers direct puts)")
         wf = self.store.open_work(bck, obj)
         try:
-            if hasattr(body, "iter_chunked"):
-                async for chunk in body.iter_chunked(1 << 20):
-                    wf.write(chunk)
-            else:
-                while chunk := body.read(1 << 20):
-                    wf.write(chunk)
+            while chunk := body.read(1 << 20):
+                wf.write(chunk)
             md = wf.finalize() if wf.mpath.volatile else \
                 await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
         except BaseException:
             wf.abort()
             raise
         return md.size
+
+    async def put_reply(self, d: Delivery, bck: str, obj: str, reply: Reply, *, xid: str = "") -> int:
+        """Deliver a pod's reply here or to the owner (as :meth:`put_bytes`), streaming it
+        (never whole in memory unless it already is). Returns bytes written or sent.
+
+        Raises:
+            EtlFailed: the pod's reply broke or came short (424; nothing was stored here,
+                and the peer's work file is dropped with the cut PUT).
+            InsufficientStorage, AioetlError, aiohttp.ClientError: the write failed here or at the peer.
+        """
+        if reply.data is not None:
+            return await self.put_bytes(d, bck, obj, reply.data, xid=xid)
+        if d.owner is None:
+            wf = self.store.open_work(bck, obj)
+            try:
+                async for chunk in reply.chunks():
+                    wf.write(chunk)
+                md = wf.finalize() if wf.mpath.volatile else \
+                    await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
+            except BaseException:
+                wf.abort()
+                raise
+            return md.size
+        owner = d.owner
+        sent = [0]
+
+        async def body() -> AsyncIterator[bytes]:
+            async for chunk in reply.chunks():
+                sent[0] += len(chunk)
+                yield chunk
+
+        try:
+            await self.peers.put_object(owner.url, bck, obj, body(), xid=xid, size=reply.size)
+        except aiohttp.ClientConnectionError as e:
+            if isinstance(e.__cause__, EtlFailed):  # the pod's side broke, not the peer's
+                raise e.__cause__ from None
+            raise
+        return sent[0]

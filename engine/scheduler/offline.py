@@ -40,7 +40,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from aioetl.communicators.target.comm import EtlFailed, EtlRetry, WsComm
+from aioetl.communicators.target.comm import Communicator, EtlFailed, EtlRetry, make_communicator
+from aioetl.engine.core.etl import WS, EtlStage
 from aioetl.engine.node.httpd import json_response, read_json
 from aioetl.engine.scheduler.delivery import Delivery, Route, Sinks, direct_put_hop, plan
 from aioetl.engine.scheduler.receipts import Receipts
@@ -92,7 +93,7 @@ class _Job:
         self.msg = msg
         self.inst = inst
         self.task: asyncio.Task[None] | None = None
-        self.ws: WsComm | None = None
+        self.comm: Communicator | None = None  # the job's own ws session (other types share the ETL's)
         # direct puts the pod reported delivered, not yet confirmed by their destination:
         # destination target URL -> {"<dst bck>/<dst obj>": source object name}
         self.claims: dict[str, dict[str, str]] = {}
@@ -257,7 +258,7 @@ class OfflineJobs:
     async def _run(self, job: _Job) -> None:
         x, msg = job.xact, job.msg
         nworkers = resolve_num_workers(msg.num_workers, len(self.store.mountpaths))
-        ws_job = job.inst is not None and isinstance(job.inst.comm, WsComm)
+        ws_job = job.inst is not None and job.inst.spec.comm_type == WS
         if ws_job and msg.num_workers == 0:
             nworkers = max(nworkers, WS_MIN_INFLIGHT)
         x.njoggers = len(self.store.mountpaths)
@@ -267,9 +268,10 @@ class OfflineJobs:
         try:
             if ws_job:
                 assert job.inst is not None and job.inst.pod is not None and self._etls.pod_session is not None
-                job.ws = WsComm(job.inst.spec.name, job.inst.pod.url, msg.obj_timeout_s(job.inst.spec.obj_timeout_s),
-                                self._etls.pod_session, n_conns=WS_CONNS_PER_JOB,
-                                conns_per_process=WS_CONNS_PER_POD_PROCESS, lender=job.inst.lender)
+                job.comm = make_communicator(WS, job.inst.spec.name, job.inst.pod.url,
+                                             msg.obj_timeout_s(job.inst.spec.obj_timeout_s), self._etls.pod_session,
+                                             lender=job.inst.lender, n_conns=WS_CONNS_PER_JOB,
+                                             conns_per_process=WS_CONNS_PER_POD_PROCESS)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._produce(job, queue))
                 tg.create_task(self._count_total(job))
@@ -288,9 +290,9 @@ class OfflineJobs:
             x.abort(err)
             await self._abort_cluster(x.xid, err)
         finally:
-            if job.ws is not None:
+            if job.comm is not None:
                 with contextlib.suppress(Exception):
-                    await job.ws.close()
+                    await job.comm.close()
 
     async def _abort_cluster(self, xid: str, err: str) -> None:
         """Ask the gateway to abort ``xid`` on every target (first error without ``coer``)."""
@@ -395,13 +397,13 @@ class OfflineJobs:
         x, msg, inst = job.xact, job.msg, job.inst
         if inst is None:
             return await self._copy_one(job, name, fqn, size)
-        if inst.stage != "Running":
+        if inst.stage is not EtlStage.RUNNING:
             raise EtlFailed(f'etl job "{inst.spec.name}" is not running ({inst.abort_reason or inst.stage})',
                             status=424)
         dst_name = msg.to_name(name)
         dst = x.dst_bck
-        ws = job.ws
-        d = plan(self.cluster, dst, dst_name, direct_put=not msg.dry_run and (inst.spec.direct_put or ws is not None))
+        d = plan(self.cluster, dst, dst_name,
+                 direct_put=not msg.dry_run and (inst.spec.direct_put or inst.spec.comm_type == WS))
         pipeline = self._etls.pipeline_urls(msg.pipeline)
         key = f"{dst}/{dst_name}"
         if d.route is Route.DIRECT:
@@ -435,52 +437,39 @@ class OfflineJobs:
         """One attempt: through the pod, then to the destination (see :meth:`_one`)."""
         x, msg, inst = job.xact, job.msg, job.inst
         assert inst is not None
-        etl_args = msg.etl_args
-        direct = d.route is Route.DIRECT
-        ws = job.ws
-        if ws is not None:
-            res = await ws.transform(name, fqn=fqn, etl_args=etl_args, pipeline=pipeline, direct=direct)
-            if res.data is not None:
-                await self._deliver_bytes(job, dst, dst_name, res.data, d)
-                return
-            assert d.owner is not None  # "delivered" only where a direct put was asked for (WsComm)
-            if res.delivered <= 0 and not ws.ids:
-                # aistore[etl] answers "0" for an empty object delivered and for a failed
-                # direct put alike: ask the owner now, and send it again if it is not there
-                arrived, why = await self._settle_now(job, d.owner.url, key, revoke=False)
-                if not arrived:
+        comm = job.comm or inst.comm
+        assert comm is not None
+        async with comm.send(x.src_bck, name, fqn=fqn, etl_args=msg.etl_args, pipeline=pipeline,
+                             direct=d.route is Route.DIRECT,
+                             timeout_s=msg.obj_timeout_s(inst.spec.obj_timeout_s)) as reply:
+            if reply.delivered is not None:  # only where a direct put was asked for (the comm refuses others)
+                assert d.owner is not None
+                if reply.uncertain:
+                    # aistore[etl] answers "0" for an empty object delivered and for a failed
+                    # direct put alike: ask the owner now, and send it again if it is not there
+                    arrived, why = await self._settle_now(job, d.owner.url, key, revoke=False)
+                    if arrived:
+                        return
                     text = (f'ETL error: etl job "{inst.spec.name}": direct put of ais://{key} to '
                             f"{d.owner.url} reported as 0 bytes delivered, and it did not arrive")
                     if not why:  # nothing known against it: send it again
                         raise EtlRetry(text, status=502)
                     # a store that failed there will fail again
                     raise EtlFailed(f"{text} ({why})", status=507 if "out of space" in why else 502)
-                return
-            await self._claim(job, d.owner.url, key, name)
-            return
-        comm = inst.comm
-        assert comm is not None and not isinstance(comm, WsComm)
-        resp = await comm.open(x.src_bck, name, fqn=fqn, etl_args=etl_args, pipeline=pipeline,
-                               timeout_s=msg.obj_timeout_s(inst.spec.obj_timeout_s), direct=direct)
-        try:
-            if resp.status == 204:  # only where a direct put was asked for (the comm refuses others)
-                assert d.owner is not None
                 await self._claim(job, d.owner.url, key, name)
                 return
             if msg.dry_run:
                 n = 0
-                async for chunk in resp.content.iter_chunked(1 << 20):
+                async for chunk in reply.chunks():
                     n += len(chunk)
                 x.stats.loc_objs += 1
                 x.stats.loc_bytes += n
                 return
-            n = await self.sinks.put_stream(d, dst, dst_name, resp.content, size=resp.content_length, xid=x.xid)
+            if reply.data is not None:
+                await self._deliver_bytes(job, dst, dst_name, reply.data, d)
+                return
+            n = await self.sinks.put_reply(d, dst, dst_name, reply, xid=x.xid)
             self._count(job, d, n)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
-            raise EtlFailed(f'ETL error: etl job "{inst.spec.name}": pod failed mid-transform of '
-                            f"ais://{x.src_bck}/{name}: {e}", status=424) from e
-        finally:
-            resp.release()
 
     @staticmethod
     def _count(job: _Job, d: Delivery, n: int) -> None:

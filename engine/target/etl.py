@@ -32,8 +32,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from aioetl.communicators.target.comm import EtlFailed, HpullComm, HpushComm, WsComm
-from aioetl.engine.core.etl import HPULL, STAGE_ABORTED, STAGE_RUNNING, WS, EtlSpec, etl_not_found, parse_init_msg
+from aioetl.communicators.target.comm import Communicator, EtlFailed, Reply, make_communicator
+from aioetl.engine.core.etl import EtlEvent, EtlSpec, EtlStage, etl_not_found, next_stage, parse_init_msg
 from aioetl.engine.core.names import make_uname, parse_uname, validate_bck_name, validate_obj_name
 from aioetl.engine.node.httpd import json_response, read_json
 from aioetl.engine.scheduler.delivery import Sinks, plan
@@ -64,9 +64,9 @@ class EtlInstance:
         self.secret = secret
         self.xid = xid
         self.pod: LocalPod | None = None
-        self.comm: HpushComm | WsComm | None = None
+        self.comm: Communicator | None = None
         self.lender: FqnLender | None = None  # a confined pod reads only what is lent
-        self.stage = "Initializing"
+        self.stage = EtlStage.INITIALIZING
         self.errors = ObjErrs()
         self.obj_count = 0
         self.in_bytes = 0
@@ -137,7 +137,7 @@ class EtlManager:
     def get(self, name: str) -> EtlInstance:
         """The running ETL ``name``; raises the SDK-recognized 404 otherwise."""
         inst = self.etls.get(name)
-        if inst is None or inst.stage != STAGE_RUNNING:
+        if inst is None or inst.stage is not EtlStage.RUNNING:
             raise etl_not_found(name)
         return inst
 
@@ -162,19 +162,14 @@ class EtlManager:
                     read_dirs=inst.lender.dirs if inst.lender else (),
                 )
                 session = await self._session()
-                if spec.comm_type == WS:
-                    inst.comm = WsComm(spec.name, inst.pod.url, spec.obj_timeout_s, session, n_conns=2,
-                                       lender=inst.lender)
-                elif spec.comm_type == HPULL:
-                    inst.comm = HpullComm(spec.name, inst.pod.url, spec.obj_timeout_s, session, inst.lender)
-                else:
-                    inst.comm = HpushComm(spec.name, inst.pod.url, spec.obj_timeout_s, session, inst.lender)
+                inst.comm = make_communicator(spec.comm_type, spec.name, inst.pod.url, spec.obj_timeout_s, session,
+                                              lender=inst.lender, n_conns=2)
             except BaseException:
                 self.etls.pop(spec.name, None)
                 if inst.lender is not None:
                     inst.lender.close()
                 raise
-            inst.stage = STAGE_RUNNING
+            inst.stage = next_stage(inst.stage, EtlEvent.READY)
         log.info("etl running", etl=spec.name, target=self.node.node_id, pod=inst.pod.url,
                  pid_namespace=inst.pod.pid_namespace)
         return json_response({"target_id": self.node.node_id, "pod_url": inst.pod.url, "pid": inst.pod.pid,
@@ -184,7 +179,7 @@ class EtlManager:
         inst = self.etls.pop(name, None)
         if inst is None:
             return False
-        inst.stage = STAGE_ABORTED
+        inst.stage = next_stage(inst.stage, EtlEvent.STOP)
         self.jobs.abort(etl=name, err=f'etl job "{name}" stopped')
         if inst.comm is not None:
             await inst.comm.close()
@@ -207,7 +202,7 @@ class EtlManager:
         if inst is None or inst.pod is not pod:
             return
         reason = f"pod of etl job \"{name}\" on target {self.node.node_id} exited with code {pod.proc.returncode}"
-        inst.stage = STAGE_ABORTED
+        inst.stage = next_stage(inst.stage, EtlEvent.FAIL)
         inst.abort_reason = reason
         self.jobs.abort(etl=name, err=reason)
         if inst.comm is not None:
@@ -281,32 +276,22 @@ class EtlManager:
         assert comm is not None
         cname = f"ais://{bck}/{obj}"
         try:
-            if isinstance(comm, HpullComm):
+            url = comm.redirect_url(make_uname(bck, obj), fqn, etl_args)
+            if url is not None:  # hpull: the client fetches the result from the pod itself
                 if pipeline:
                     raise BadRequest("inline transform pipeline not supported for hpull://")
                 inst.obj_count += 1
                 inst.in_bytes += md.size
-                raise web.HTTPTemporaryRedirect(comm.redirect_url(make_uname(bck, obj), fqn, etl_args))
-            if isinstance(comm, WsComm):
-                res = await comm.transform(obj, fqn=fqn, etl_args=etl_args, pipeline=pipeline)
+                raise web.HTTPTemporaryRedirect(url)
+            async with comm.send(bck, obj, fqn=fqn, etl_args=etl_args, pipeline=pipeline) as reply:
                 inst.obj_count += 1
                 inst.in_bytes += md.size
-                assert res.data is not None  # "delivered" where no direct put was asked for is an error
-                inst.out_bytes += len(res.data)
-                return web.Response(body=res.data, content_type="application/octet-stream")
-            resp = await comm.open(bck, obj, fqn=fqn, etl_args=etl_args, pipeline=pipeline)
+                return await self._relay(request, inst, reply)
         except AioetlError as e:
             inst.errors.add(cname, e.message, e.status)
             raise
-        inst.obj_count += 1
-        inst.in_bytes += md.size
-        try:
-            return await self._relay(request, inst, resp, cname)
-        finally:
-            resp.release()
 
-    async def _relay(self, request: web.Request, inst: EtlInstance, resp: aiohttp.ClientResponse,
-                     cname: str) -> web.StreamResponse:
+    async def _relay(self, request: web.Request, inst: EtlInstance, reply: Reply) -> web.StreamResponse:
         """Answer an inline GET with the pod's reply, all or nothing.
 
         Up to :data:`INLINE_BUFFER_BYTES` the reply is read whole first, so a pod that
@@ -314,50 +299,35 @@ class EtlManager:
         if it then breaks, the client connection is aborted, so the client sees a
         cut transfer (Content-Length or chunked framing unmet), never a short or
         padded body with 200.
+
+        Raises:
+            EtlFailed: the reply broke before anything was sent to the client (424).
         """
-        name = inst.spec.name
-
-        def failed(e: BaseException) -> EtlFailed:
-            err = EtlFailed(f'ETL error: etl job "{name}": pod failed mid-transform of {cname}: '
-                            f"{type(e).__name__}: {e}", status=424)
-            inst.errors.add(cname, err.message, err.status)
-            return err
-
-        clen = resp.content_length
         head: list[bytes] = []
         n = 0
-        whole = False  # the reply ended within INLINE_BUFFER_BYTES
-        try:
-            while n <= INLINE_BUFFER_BYTES:
-                chunk = await resp.content.read(1 << 20)
-                if not chunk:
-                    whole = True
-                    break
-                head.append(chunk)
-                n += len(chunk)
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise failed(e) from e
-        if whole:
-            if clen is not None and n != clen:
-                raise failed(ValueError(f"{n} bytes where Content-Length said {clen}"))
+        chunks = reply.chunks()
+        async for chunk in chunks:  # errors here: nothing sent yet, an honest 424
+            head.append(chunk)
+            n += len(chunk)
+            if n > INLINE_BUFFER_BYTES:
+                break
+        else:
             inst.out_bytes += n
             return web.Response(body=b"".join(head), content_type="application/octet-stream")
         out = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})
-        if clen is not None:
-            out.content_length = clen
+        if reply.size is not None:
+            out.content_length = reply.size
         await out.prepare(request)
         try:
             for chunk in head:
                 await out.write(chunk)
-            async for chunk in resp.content.iter_chunked(1 << 20):
+            async for chunk in chunks:
                 await out.write(chunk)
                 n += len(chunk)
-            if clen is not None and n != clen:
-                raise ValueError(f"{n} bytes where Content-Length said {clen}")
-        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
-            failed(e)
+        except EtlFailed as e:
+            inst.errors.add(reply.what, e.message, e.status)
             log.warning("inline transform failed after the reply started: client connection aborted",
-                        etl=name, obj=cname, error=str(e))
+                        etl=inst.spec.name, obj=reply.what, error=e.message)
             if request.transport is not None:
                 request.transport.abort()
             return out
@@ -370,23 +340,12 @@ class EtlManager:
         """Transform one local object and return the bytes.
 
         Raises:
-            EtlFailed: the pod failed, or answered "delivered" (204) where the bytes were asked for.
+            EtlFailed: the pod failed, or answered "delivered" where the bytes were asked for.
         """
-        fqn = self.store.fqn(bck, obj)
         comm = inst.comm
         assert comm is not None
-        if isinstance(comm, WsComm):
-            res = await comm.transform(obj, fqn=fqn, etl_args=etl_args, pipeline=pipeline)
-            assert res.data is not None  # "delivered" without a direct put is an error (WsComm)
-            return res.data
-        resp = await comm.open(bck, obj, fqn=fqn, etl_args=etl_args, pipeline=pipeline)  # a 204 raises
-        try:
-            return await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as e:
-            raise EtlFailed(f'ETL error: etl job "{inst.spec.name}": pod failed mid-transform of '
-                            f"ais://{bck}/{obj}: {e}", status=424) from e
-        finally:
-            resp.release()
+        async with comm.send(bck, obj, fqn=self.store.fqn(bck, obj), etl_args=etl_args, pipeline=pipeline) as reply:
+            return await reply.read()
 
     async def copy_object(self, request: web.Request, bck: str, obj: str) -> web.StreamResponse:
         """``PUT ...?object_to=<uname>[&etl_name=..]``: copy, transformed, to another object."""

@@ -744,7 +744,7 @@ class LocalProcessRuntime:
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         pod = LocalPod(spec.name, proc, f"http://127.0.0.1:{port}", self.pid_namespace)
-        pod._readers.append(asyncio.ensure_future(pod._pump(proc.stdout)))
+        pod._readers.append(asyncio.get_running_loop().create_task(pod._pump(proc.stdout)))
         self._record(target_id, spec.name, proc.pid)
         log.info("pod starting", etl=spec.name, target=target_id, pid=proc.pid, port=port, cmd=cmd[:6])
         try:
@@ -762,7 +762,7 @@ class LocalProcessRuntime:
                 log.warning("pod exited", etl=spec.name, target=target_id, code=proc.returncode)
                 await on_exit(pod)
 
-        pod._watcher = asyncio.ensure_future(watch())  # not awaited by stop(): on_exit may call stop()
+        pod._watcher = asyncio.get_running_loop().create_task(watch())  # not awaited by stop(): on_exit may call stop()
         return pod
 
     def _sandbox_prefix(self, cmd: list[str], pod_dir: str, port: int, read_dirs: list[str]) -> list[str]:

@@ -365,7 +365,7 @@ class Store:
     def mountpath_of(self, bck: str, obj: str) -> Mountpath:
         if len(self.mountpaths) == 1:
             return self.mountpaths[0]
-        return hrw_pick(digest(make_uname(bck, obj)), self._mp_digests)  # type: ignore[no-any-return]
+        return hrw_pick(digest(make_uname(bck, obj)), self._mp_digests)
 
     def fqn(self, bck: str, obj: str) -> str:
         """The FQN where ``bck/obj`` lives (whether or not it exists)."""
