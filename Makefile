@@ -1,4 +1,4 @@
-# make test: create the environments and run every test.
+# make test: create the environments, run mypy --strict and ruff (make lint), run every test.
 #   .venv         aioetl + aistore[etl]==2.0.0 (all tests)
 #   .venv-sdk126  aioetl + aistore[etl]==1.26.0 (the SDK end-to-end tests again)
 # The two SDK versions cannot share one environment.
@@ -45,6 +45,7 @@ test-sdk126: $(VENV126)/.stamp
 
 test: venv
 	@rc=0; \
+	$(MAKE) --no-print-directory lint || rc=1; \
 	$(MAKE) --no-print-directory test-sdk2 || rc=1; \
 	$(MAKE) --no-print-directory test-sdk126 || rc=1; \
 	exit $$rc

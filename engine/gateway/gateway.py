@@ -50,7 +50,7 @@ from aioetl.engine.gateway.metadata import ClusterMeta, EtlMd, load_bmd
 from aioetl.engine.gateway.tasks import TaskOwner
 from aioetl.engine.node.auth import GATEWAY_INTERNAL, auth_headers, cluster_auth_middleware
 from aioetl.engine.node.httpd import error_middleware, error_response, json_response, read_action, split_obj_path
-from aioetl.engine.target.target import serve_until_signalled, write_ready_file
+from aioetl.engine.node.serve import serve_until_signalled, write_ready_file
 from aioetl.errors import AioetlError, AlreadyExists, BadRequest, NotFound
 
 __all__ = ["Gateway", "GatewayConfig", "run_gateway"]

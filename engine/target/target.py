@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import json
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +34,7 @@ from aioetl.engine.core.names import validate_obj_name
 from aioetl.engine.core.smap import Smap
 from aioetl.engine.node.auth import TARGET_INTERNAL, cluster_auth_middleware
 from aioetl.engine.node.httpd import error_middleware, json_response, read_json, split_obj_path
+from aioetl.engine.node.serve import serve_until_signalled, write_ready_file
 from aioetl.engine.scheduler.offline import OfflineJobs
 from aioetl.engine.scheduler.receipts import Receipts
 from aioetl.engine.target.etl import EtlManager
@@ -357,36 +356,6 @@ class Target:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)
-
-
-def write_ready_file(run_dir: str, node_id: str, url: str) -> None:
-    """Announce ``{"pid", "url"}`` in ``<run_dir>/<node_id>.json`` (atomic rename)."""
-    if not run_dir:
-        return
-    os.makedirs(run_dir, exist_ok=True)
-    tmp = os.path.join(run_dir, f".{node_id}.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump({"pid": os.getpid(), "url": url, "node_id": node_id}, f)
-    os.replace(tmp, os.path.join(run_dir, f"{node_id}.json"))
-
-
-async def serve_until_signalled(app: web.Application, host: str, port: int, on_started: Any) -> None:
-    """Run ``app`` until SIGTERM/SIGINT; ``on_started(url)`` runs once listening."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
-    await site.start()
-    sock = site._server.sockets[0]  # type: ignore[union-attr]
-    url = f"http://{host}:{sock.getsockname()[1]}"
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await on_started(url)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
 
 
 async def run_target(cfg: TargetConfig) -> None:
