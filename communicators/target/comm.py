@@ -49,6 +49,7 @@ from aioetl.communicators.target.ws import WsComm, classify_ws_reply
 
 __all__ = [
     "CommBase",
+    "CommFactory",
     "Communicator",
     "EtlFailed",
     "EtlRetry",
@@ -99,6 +100,13 @@ class Communicator(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class CommFactory(Protocol):
+    """The shape of :func:`make_communicator` (a target is given one; tests pass their own)."""
+
+    def __call__(self, comm_type: str, etl: str, pod_url: str, obj_timeout_s: float, session: aiohttp.ClientSession,
+                 *, lender: Lender | None = None, n_conns: int = 2, conns_per_process: int = 0) -> Communicator: ...
 
 
 def make_communicator(comm_type: str, etl: str, pod_url: str, obj_timeout_s: float, session: aiohttp.ClientSession,

@@ -107,15 +107,11 @@ class Sinks:
             return len(data)
         return await self.peers.put_object(d.owner.url, bck, obj, data, xid=xid, size=len(data))
 
-    async def put_stream(self, d: Delivery, bck: str, obj: str, body: Any, *, size: int | None,
-                         xid: str = "") -> int:
-        """Deliver an open binary file (a large object being copied) here or to the owner,
-        without reading it whole. Returns bytes written or sent."""
-        if d.owner is not None:
-            return await self.peers.put_object(d.owner.url, bck, obj, body, xid=xid, size=size)
+    async def _write_local(self, bck: str, obj: str, chunks: AsyncIterator[bytes]) -> int:
+        """Write ``chunks`` as ``bck/obj`` here, all or nothing (work file, then rename)."""
         wf = self.store.open_work(bck, obj)
         try:
-            while chunk := body.read(1 << 20):
+            async for chunk in chunks:
                 wf.write(chunk)
             md = wf.finalize() if wf.mpath.volatile else \
                 await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
@@ -123,6 +119,19 @@ class Sinks:
             wf.abort()
             raise
         return md.size
+
+    async def put_stream(self, d: Delivery, bck: str, obj: str, body: Any, *, size: int | None,
+                         xid: str = "") -> int:
+        """Deliver an open binary file (a large object being copied) here or to the owner,
+        without reading it whole. Returns bytes written or sent."""
+        if d.owner is not None:
+            return await self.peers.put_object(d.owner.url, bck, obj, body, xid=xid, size=size)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := body.read(1 << 20):
+                yield chunk
+
+        return await self._write_local(bck, obj, chunks())
 
     async def put_reply(self, d: Delivery, bck: str, obj: str, reply: Reply, *, xid: str = "") -> int:
         """Deliver a pod's reply here or to the owner (as :meth:`put_bytes`), streaming it
@@ -136,16 +145,7 @@ class Sinks:
         if reply.data is not None:
             return await self.put_bytes(d, bck, obj, reply.data, xid=xid)
         if d.owner is None:
-            wf = self.store.open_work(bck, obj)
-            try:
-                async for chunk in reply.chunks():
-                    wf.write(chunk)
-                md = wf.finalize() if wf.mpath.volatile else \
-                    await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
-            except BaseException:
-                wf.abort()
-                raise
-            return md.size
+            return await self._write_local(bck, obj, reply.chunks())
         owner = d.owner
         sent = [0]
 

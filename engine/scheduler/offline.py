@@ -40,7 +40,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from aioetl.communicators.target.comm import Communicator, EtlFailed, EtlRetry, make_communicator
+from aioetl.communicators.target.comm import Communicator, EtlFailed, EtlRetry
 from aioetl.engine.core.etl import WS, EtlStage
 from aioetl.engine.node.httpd import json_response, read_json
 from aioetl.engine.scheduler.delivery import Delivery, Route, Sinks, direct_put_hop, plan
@@ -137,9 +137,13 @@ class OfflineJobs:
         r.add_route("GET", "/v1/xactions", self.h_snaps)
         r.add_route("GET", "/v1/xactions/{id}/errors", self.h_errors)
         r.add_route("POST", "/v1/xactions/_settle", self.h_settle)
-        app.on_cleanup.append(self._shutdown)
+        app.on_cleanup.append(self._on_cleanup)
 
-    async def _shutdown(self, _: web.Application) -> None:
+    async def _on_cleanup(self, _: web.Application) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop everything this registry runs (at target shutdown)."""
         for job in list(self.jobs.values()):
             job.xact.abort("target shutting down")
             if job.task is not None:
@@ -158,9 +162,20 @@ class OfflineJobs:
     # -- routes ------------------------------------------------------------------
     async def h_start(self, request: web.Request) -> web.StreamResponse:
         doc = await read_json(request)
-        xid, kind, src, dst = str(doc["id"]), str(doc["kind"]), str(doc["src"]), str(doc["dst"])
+        xid = str(doc["id"])
+        self.start(xid, str(doc["kind"]), str(doc["src"]), str(doc["dst"]), doc["msg"])
+        return json_response({"id": xid, "target_id": self.node.node_id})
+
+    def start(self, xid: str, kind: str, src: str, dst: str, wire_msg: Any) -> Xaction:
+        """Start this target's share of job ``xid`` (``wire_msg``: the job's TCBMsg as
+        the gateway sent it); returns its xaction, running in a task of this registry.
+
+        Raises:
+            InvalidMsg: a bad job id or message (400).
+            BadRequest: the job exists here already. NotFound: the ETL or a pipeline stage.
+        """
         validate_xid(xid)  # before report_path() and the job record build paths from it
-        msg = TcbMsg.parse(kind, doc["msg"])
+        msg = TcbMsg.parse(kind, wire_msg)
         inst = self._etls.get(msg.etl_name) if msg.etl_name else None  # none: a plain copy
         self._etls.pipeline_urls(msg.pipeline)  # 404 if a stage is missing here
         self._gc()
@@ -172,14 +187,25 @@ class OfflineJobs:
         job = _Job(xact, msg, inst)
         self.jobs[xid] = job
 
-        def record(x: Xaction, wire: Any = doc["msg"]) -> None:
+        def record(x: Xaction, wire: Any = wire_msg) -> None:
             with contextlib.suppress(OSError, ValueError):  # runs inside transition(): never raise
                 self.records.save(x.snap(), wire)
 
         record(xact)
         xact.on_done(record)
         job.task = asyncio.get_running_loop().create_task(self._run(job))
-        return json_response({"id": xid, "target_id": self.node.node_id})
+        return xact
+
+    async def wait(self, xid: str) -> Xaction:
+        """Wait until this target's share of job ``xid`` has ended; returns its xaction.
+
+        Raises:
+            KeyError: no such job here.
+        """
+        job = self.jobs[xid]
+        if job.task is not None:
+            await asyncio.gather(job.task, return_exceptions=True)
+        return job.xact
 
     async def h_abort(self, request: web.Request) -> web.StreamResponse:
         doc = await read_json(request)
@@ -268,10 +294,10 @@ class OfflineJobs:
         try:
             if ws_job:
                 assert job.inst is not None and job.inst.pod is not None and self._etls.pod_session is not None
-                job.comm = make_communicator(WS, job.inst.spec.name, job.inst.pod.url,
-                                             msg.obj_timeout_s(job.inst.spec.obj_timeout_s), self._etls.pod_session,
-                                             lender=job.inst.lender, n_conns=WS_CONNS_PER_JOB,
-                                             conns_per_process=WS_CONNS_PER_POD_PROCESS)
+                job.comm = self._etls.make_comm(WS, job.inst.spec.name, job.inst.pod.url,
+                                                msg.obj_timeout_s(job.inst.spec.obj_timeout_s), self._etls.pod_session,
+                                                lender=job.inst.lender, n_conns=WS_CONNS_PER_JOB,
+                                                conns_per_process=WS_CONNS_PER_POD_PROCESS)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._produce(job, queue))
                 tg.create_task(self._count_total(job))

@@ -32,7 +32,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from aioetl.communicators.target.comm import Communicator, EtlFailed, Reply, make_communicator
+from aioetl.communicators.target.comm import CommFactory, Communicator, EtlFailed, Reply, make_communicator
 from aioetl.engine.core.etl import EtlEvent, EtlSpec, EtlStage, etl_not_found, next_stage, parse_init_msg
 from aioetl.engine.core.names import make_uname, parse_uname, validate_bck_name, validate_obj_name
 from aioetl.engine.node.httpd import json_response, read_json
@@ -89,10 +89,11 @@ class EtlManager:
         peers: intra-cluster client (gateway notices, PUTs to owners).
         runtime: the pod runtime.
         jobs: the job registry (aborts the jobs of a stopped ETL; job errors).
+        make_comm: builds a pod's communicator (tests pass a fault-injecting one).
     """
 
     def __init__(self, node: NodeInfo, cluster: ClusterView, store: Store, objects: ObjectIO, peers: Peers,
-                 runtime: PodRuntime, jobs: JobControl) -> None:
+                 runtime: PodRuntime, jobs: JobControl, make_comm: CommFactory = make_communicator) -> None:
         self.node = node
         self.cluster = cluster
         self.store = store
@@ -101,6 +102,7 @@ class EtlManager:
         self.sinks = Sinks(store, peers)
         self.runtime = runtime
         self.jobs = jobs
+        self.make_comm = make_comm
         self.etls: dict[str, EtlInstance] = {}
         self.pod_session: aiohttp.ClientSession | None = None
         self._inits: dict[str, asyncio.Lock] = {}
@@ -116,7 +118,7 @@ class EtlManager:
         r.add_route("GET", "/v1/etl/{name}/logs", self.h_logs)
         r.add_route("GET", "/v1/etl/{name}/health", self.h_health)
         r.add_route("GET", "/v1/etl/{name}/metrics", self.h_metrics)
-        app.on_cleanup.append(self._shutdown)
+        app.on_cleanup.append(self._on_cleanup)
 
     async def _session(self) -> aiohttp.ClientSession:
         if self.pod_session is None:
@@ -124,7 +126,11 @@ class EtlManager:
             self.pod_session = aiohttp.ClientSession(connector=conn, auto_decompress=False)
         return self.pod_session
 
-    async def _shutdown(self, _: web.Application) -> None:
+    async def _on_cleanup(self, _: web.Application) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop everything this registry runs (at target shutdown)."""
         for name in list(self.etls):
             await self.stop(name)
         for task in list(self._notifications):
@@ -147,6 +153,18 @@ class EtlManager:
         secret, xid = str(doc.get("secret") or ""), str(doc.get("xid") or "")
         if not secret:
             raise BadRequest("init without a secret")
+        inst = await self.init(spec, secret, xid)
+        assert inst.pod is not None
+        return json_response({"target_id": self.node.node_id, "pod_url": inst.pod.url, "pid": inst.pod.pid,
+                              "pid_namespace": inst.pod.pid_namespace})
+
+    async def init(self, spec: EtlSpec, secret: str, xid: str) -> EtlInstance:
+        """Start ``spec``'s pod here (replacing a running one of the same name) and its
+        communicator; returns the running instance.
+
+        Raises:
+            PodError: the pod did not start (the instance is dropped, nothing is left).
+        """
         lock = self._inits.setdefault(spec.name, asyncio.Lock())
         async with lock:
             if spec.name in self.etls:
@@ -162,8 +180,8 @@ class EtlManager:
                     read_dirs=inst.lender.dirs if inst.lender else (),
                 )
                 session = await self._session()
-                inst.comm = make_communicator(spec.comm_type, spec.name, inst.pod.url, spec.obj_timeout_s, session,
-                                              lender=inst.lender, n_conns=2)
+                inst.comm = self.make_comm(spec.comm_type, spec.name, inst.pod.url, spec.obj_timeout_s, session,
+                                           lender=inst.lender, n_conns=2)
             except BaseException:
                 self.etls.pop(spec.name, None)
                 if inst.lender is not None:
@@ -172,8 +190,7 @@ class EtlManager:
             inst.stage = next_stage(inst.stage, EtlEvent.READY)
         log.info("etl running", etl=spec.name, target=self.node.node_id, pod=inst.pod.url,
                  pid_namespace=inst.pod.pid_namespace)
-        return json_response({"target_id": self.node.node_id, "pod_url": inst.pod.url, "pid": inst.pod.pid,
-                              "pid_namespace": inst.pod.pid_namespace})
+        return inst
 
     async def stop(self, name: str) -> bool:
         inst = self.etls.pop(name, None)
