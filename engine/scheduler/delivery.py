@@ -21,7 +21,6 @@ the route it got, so the owner/local decision and the write are not repeated:
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from aioetl.engine.core.names import make_uname
 from aioetl.engine.core.smap import Snode
 from aioetl.engine.target.peers import Peers
 from aioetl.engine.target.services import ClusterView
-from aioetl.engine.target.storage import LomMD, Store
+from aioetl.engine.target.storage import LomMD, Store, write_in_thread
 
 __all__ = ["Delivery", "Route", "Sinks", "direct_put_hop", "plan"]
 
@@ -93,7 +92,7 @@ class Sinks:
         """Write ``data`` as ``bck/obj`` here (inline on tmpfs, fsync in a thread on a disk)."""
         if self.store.mountpath_of(bck, obj).volatile:
             return self.store.put_bytes(bck, obj, data)
-        return await asyncio.get_running_loop().run_in_executor(None, self.store.put_bytes, bck, obj, data)
+        return await write_in_thread(self.store.put_bytes, bck, obj, data)
 
     async def put_bytes(self, d: Delivery, bck: str, obj: str, data: bytes, *, xid: str = "") -> int:
         """Deliver whole ``data`` here (LOCAL) or to the owner (PEER, or DIRECT when the pod
@@ -114,7 +113,7 @@ class Sinks:
             async for chunk in chunks:
                 wf.write(chunk)
             md = wf.finalize() if wf.mpath.volatile else \
-                await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
+                await write_in_thread(wf.finalize)
         except BaseException:
             wf.abort()
             raise

@@ -31,7 +31,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
-from aioetl.engine.target.storage import LomMD
+from aioetl.engine.target.storage import LomMD, write_in_thread
 from aioetl.errors import Conflict
 
 __all__ = ["JobReceipts", "Receipts"]
@@ -108,7 +108,7 @@ class Receipts:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         r.committing[key] = fut
         try:
-            md = await asyncio.get_running_loop().run_in_executor(None, finalize)
+            md = await write_in_thread(finalize)
             if record:
                 r.received[key] = md.size
             return md

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from aioetl.engine.node.httpd import iter_body
 from aioetl.engine.scheduler.receipts import Receipts
-from aioetl.engine.target.storage import CKSUM_TYPE, LomMD, Store
+from aioetl.engine.target.storage import CKSUM_TYPE, LomMD, Store, write_in_thread
 from aioetl.errors import AioetlError, BadRequest, RangeNotSatisfiable
 
 __all__ = ["CHUNK", "SMALL_OBJECT", "ObjectIO", "md_headers", "parse_range"]
@@ -130,7 +130,7 @@ class ObjectIO:
             if wf.mpath.volatile:
                 return wf.finalize()  # tmpfs: fsync is free; a thread hop is not
             # fsync blocks on a disk: run it (and the rename) in a thread
-            return await asyncio.get_running_loop().run_in_executor(None, wf.finalize)
+            return await write_in_thread(wf.finalize)
         except BaseException as e:
             wf.abort()
             if xid and receipt and isinstance(e, AioetlError):  # the sender learns why at settlement

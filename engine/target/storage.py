@@ -22,6 +22,7 @@ tmpfs (``Mountpath.volatile``), where a thread hop would cost more.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import itertools
@@ -30,9 +31,9 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import xxhash
@@ -41,8 +42,9 @@ from aioetl.engine.core.names import make_uname, validate_obj_name
 from aioetl.engine.core.smap import digest, hrw_pick
 from aioetl.errors import Conflict, InsufficientStorage, obj_not_found
 
-__all__ = ["CKSUM_TYPE", "FqnLender", "LomMD", "Mountpath", "Store", "WorkFile", "fs_type"]
+__all__ = ["CKSUM_TYPE", "FqnLender", "LomMD", "Mountpath", "Store", "WorkFile", "fs_type", "write_in_thread"]
 
+T = TypeVar("T")
 _VOLATILE: dict[str, bool] = {}
 _WORK_SALT = secrets.token_hex(4)
 _work_seq = itertools.count()
@@ -248,6 +250,25 @@ def _map_oserror(e: OSError, bck: str, obj: str) -> Exception:
     if e.errno == errno.ENAMETOOLONG:
         return Conflict(f'object "ais://{bck}/{obj}": name too long for the filesystem')
     return e
+
+
+async def write_in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking write (``WorkFile.finalize``, ``Store.put_bytes``: fsync and rename)
+    in a thread, and if the caller is cancelled meanwhile, wait for the thread to end
+    before re-raising: a write never outlives the request or job that started it
+    (a job that reports "aborted" has no object still landing, and no work file left
+    behind, after it ends). The write itself is atomic either way.
+
+    Raises:
+        whatever ``fn`` raises; CancelledError after the write has ended.
+    """
+    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await fut
+        raise
 
 
 class FqnLender:
