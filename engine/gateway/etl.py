@@ -41,6 +41,8 @@ from aioetl.engine.core.etl import (
     STAGE_ABORTED,
     STAGE_INITIALIZING,
     STAGE_RUNNING,
+    EtlEvent,
+    next_stage,
     parse_init_msg,
     validate_etl_name,
 )
@@ -88,7 +90,7 @@ class GatewayEtl:
         self._lock = asyncio.Lock()  # guards the check-and-add of a new ETL name
         self._restart_pending = {n for n, e in self.md.items() if e["stage"] in (STAGE_RUNNING, STAGE_INITIALIZING)}
         for n in self._restart_pending:
-            self.md[n]["stage"] = STAGE_ABORTED
+            self.md[n]["stage"] = next_stage(self.md[n]["stage"], EtlEvent.FAIL)  # restarted under it
             self.md[n]["error"] = RESTART_WAIT_REASON
         self._restarting = False
         self._target_inits: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -127,26 +129,26 @@ class GatewayEtl:
         e = self.md[name]
         spec = parse_init_msg(e["msg"])
         e["secret"], e["xid"] = new_secret(), f"etl-{secrets.token_hex(5)}"
-        e["stage"], e["error"] = STAGE_INITIALIZING, ""
+        e["stage"], e["error"] = next_stage(e["stage"], EtlEvent.INIT), ""
         self._save()
         body = {"msg": e["msg"], "secret": e["secret"], "xid": e["xid"]}
         try:
             res = await self._each_target("POST", "/v1/etl/_init", body=body, timeout_s=spec.init_timeout_s + 30)
         except BaseException as ex:  # cancelled (shutdown) or a bug: never leave it Initializing
             if e.get("stage") == STAGE_INITIALIZING:
-                e["stage"], e["error"] = STAGE_ABORTED, f"init interrupted: {ex!r}"
+                e["stage"], e["error"] = next_stage(e["stage"], EtlEvent.FAIL), f"init interrupted: {ex!r}"
                 self._save()
             raise
         failed = [(t, st, b) for t, st, b in res if st != 200]
         if failed:
             await self._each_target("DELETE", f"/v1/etl/{name}")
             t, st, b = failed[0]
-            e["stage"], e["error"] = STAGE_ABORTED, err_text(b)
+            e["stage"], e["error"] = next_stage(e["stage"], EtlEvent.FAIL), err_text(b)
             self._save()
             msg = f'etl job "{name}": init failed on target {t.daemon_id}: {e["error"]}'
             log.warning("etl init failed", etl=name, target=t.daemon_id, status=st)
             raise BadRequest(msg)
-        e["stage"] = STAGE_RUNNING
+        e["stage"] = next_stage(e["stage"], EtlEvent.READY)
         e["pods"] = {t.daemon_id: json.loads(b) for t, _, b in res}
         self._save()
         log.info("etl running", etl=name, xid=e["xid"], comm=spec.comm_type)
@@ -159,7 +161,8 @@ class GatewayEtl:
         async with self._lock:
             if spec.name in self.md:
                 raise AlreadyExists(f'etl job "{spec.name}" already exists')
-            self.md[spec.name] = {"msg": msg, "stage": STAGE_INITIALIZING, "secret": "", "xid": "", "error": ""}
+            self.md[spec.name] = {"msg": msg, "stage": next_stage(None, EtlEvent.INIT), "secret": "", "xid": "",
+                                  "error": ""}
         xid = await self._run_init(spec.name)
         return web.Response(text=xid)
 
@@ -220,7 +223,7 @@ class GatewayEtl:
 
     async def _stop(self, name: str, reason: str = "") -> None:
         e = self.require(name)
-        e["stage"] = STAGE_ABORTED  # first: no (re)join init may start a pod from here on
+        e["stage"] = next_stage(e["stage"], EtlEvent.STOP)  # first: no (re)join init may start a pod from here on
         if reason:
             e["error"] = reason
         self._save()
@@ -367,7 +370,7 @@ class GatewayEtl:
         xid = e["xid"]
         spec = parse_init_msg(e["msg"])
         joining.add(node.daemon_id)
-        e["stage"] = STAGE_INITIALIZING
+        e["stage"] = next_stage(e["stage"], EtlEvent.JOIN)
         self._save()
         log.info("etl: starting the pod on a (re)joined target", etl=name, target=node.daemon_id)
         body = {"msg": e["msg"], "secret": e["secret"], "xid": xid}
@@ -388,6 +391,6 @@ class GatewayEtl:
             return
         e.setdefault("pods", {})[node.daemon_id] = json.loads(b)
         if not joining:
-            e["stage"], e["error"] = STAGE_RUNNING, ""
+            e["stage"], e["error"] = next_stage(e["stage"], EtlEvent.READY), ""
         self._save()
         log.info("etl pod started on target", etl=name, target=node.daemon_id, running=not joining)
