@@ -8,7 +8,6 @@ worker processes).
 from __future__ import annotations
 
 from aioetl.communicators.pod.aiohttp_shell import make_handler, serve
-from aioetl.communicators.pod.config import PodConfig
 from aioetl.communicators.pod.server import ETLServer
 
 __all__ = ["AiohttpServer", "make_handler", "serve"]
@@ -16,17 +15,7 @@ __all__ = ["AiohttpServer", "make_handler", "serve"]
 
 class AiohttpServer(ETLServer):
     """An ETL server served by aiohttp (the default; same user API as aistore[etl]).
-
-    Args:
-        host: address to bind (the bootstrap overrides it with ``--host``).
-        port: port to bind (the bootstrap overrides it with ``--port``).
-        config: pod settings; default: from the environment.
-    """
-
-    def __init__(self, host: str = "0.0.0.0", port: int = 8000, *, config: PodConfig | None = None) -> None:
-        super().__init__(config=config)
-        self.host = host
-        self.port = port
+    Constructor: :class:`~.server.ETLServer`'s (``host``, ``port``, ``config``)."""
 
     def start(self, *, workers: int = 1) -> None:
         """Serve until SIGTERM/SIGINT (blocking); ``workers`` processes share the port."""

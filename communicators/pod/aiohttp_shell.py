@@ -24,17 +24,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import WSMsgType, web
 
 from aioetl.communicators.cork import cork_ws
-from aioetl.communicators.pod.interface import PodApp, PodRequest
+from aioetl.communicators.pod.interface import PodApp, echo_request_id, pod_request
 from aioetl.communicators.pod.prefork import run_prefork
 from aioetl.communicators.wire.const import (
-    HEADER_NODE_URL,
-    HEADER_REQ_ID,
     HEADER_WORKER,
     HEADER_WS_IDS,
     HEALTH_BODY,
     HEALTH_PATH,
-    QPARAM_ETL_ARGS,
-    QPARAM_ETL_FQN,
     WS_REPLIES_PER_SEND,
     WS_ROUTE,
 )
@@ -106,19 +102,9 @@ def make_handler(server: PodApp) -> Callable[[web.BaseRequest], Awaitable[web.St
             is_get = False
         else:
             return web.Response(status=405, text=f"method {method} not allowed", headers={"Allow": "GET, PUT"})
-        q = request.query
-        req = PodRequest(
-            is_get=is_get,
-            path=path[1:],
-            etl_args=q.get(QPARAM_ETL_ARGS, "").strip(),
-            fqn=q.get(QPARAM_ETL_FQN, "").strip(),
-            pipeline=request.headers.get(HEADER_NODE_URL),
-            body=_Body(request),
-        )
-        reply = await server.handle_http(req)
-        rid = request.headers.get(HEADER_REQ_ID)
-        if rid is not None:  # echoed: the target attributes this reply by it
-            reply.headers[HEADER_REQ_ID] = rid
+        req = pod_request(is_get=is_get, path=path[1:], query=request.query, headers=request.headers,
+                          body=_Body(request))
+        reply = echo_request_id(request.headers, await server.handle_http(req))
         if reply.stream is None:
             return web.Response(status=reply.status, body=reply.body, headers=reply.headers,
                                 content_type=reply.content_type)

@@ -21,17 +21,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocketDisconnect
 
 from aioetl.communicators.pod.config import PodConfig
-from aioetl.communicators.pod.interface import PodRequest
+from aioetl.communicators.pod.interface import echo_request_id, pod_request
 from aioetl.communicators.pod.server import ETLServer
 from aioetl.communicators.wire.const import (
-    HEADER_NODE_URL,
-    HEADER_REQ_ID,
     HEADER_WS_IDS,
     HEALTH_BODY,
     HEALTH_PATH,
     MAX_WS_MSG_BYTES,
-    QPARAM_ETL_ARGS,
-    QPARAM_ETL_FQN,
     WS_ROUTE,
 )
 
@@ -110,9 +106,7 @@ class FastAPIServer(ETLServer):
     """
 
     def __init__(self, host: str = "0.0.0.0", port: int = 8000, *, config: PodConfig | None = None) -> None:
-        super().__init__(config=config)
-        self.host = host
-        self.port = port
+        super().__init__(host, port, config=config)
         self.app = FastAPI(lifespan=self._lifespan)
         self.app.state.etl_server = self
         self._setup_app()
@@ -132,19 +126,9 @@ class FastAPIServer(ETLServer):
             return Response(content=HEALTH_BODY, media_type="text/plain")
 
         async def transform_route(request: Request) -> Response:
-            q = request.query_params
-            req = PodRequest(
-                is_get=request.method == "GET",
-                path=request.path_params.get("path", ""),
-                etl_args=q.get(QPARAM_ETL_ARGS, "").strip(),
-                fqn=q.get(QPARAM_ETL_FQN, "").strip(),
-                pipeline=request.headers.get(HEADER_NODE_URL),
-                body=_Body(request),
-            )
-            reply = await server.handle_http(req)
-            rid = request.headers.get(HEADER_REQ_ID)
-            if rid is not None:  # echoed: the target attributes this reply by it
-                reply.headers[HEADER_REQ_ID] = rid
+            req = pod_request(is_get=request.method == "GET", path=request.path_params.get("path", ""),
+                              query=request.query_params, headers=request.headers, body=_Body(request))
+            reply = echo_request_id(request.headers, await server.handle_http(req))
             if reply.stream is not None:
                 return StreamingResponse(reply.stream, status_code=reply.status, headers=reply.headers,
                                          media_type=reply.content_type)

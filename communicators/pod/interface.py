@@ -10,11 +10,13 @@ never on the server class, so the server can start a shell without an import cyc
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["BodySource", "PodApp", "PodReply", "PodRequest", "WsConnection"]
+from aioetl.communicators.wire.const import HEADER_NODE_URL, HEADER_REQ_ID, QPARAM_ETL_ARGS, QPARAM_ETL_FQN
+
+__all__ = ["BodySource", "PodApp", "PodReply", "PodRequest", "WsConnection", "echo_request_id", "pod_request"]
 
 
 class BodySource(Protocol):
@@ -106,3 +108,20 @@ class PodApp(Protocol):
     async def serve_ws(self, conn: WsConnection) -> None:
         """Serve one ws connection until it closes."""
         ...
+
+
+def pod_request(*, is_get: bool, path: str, query: Mapping[str, str], headers: Mapping[str, str],
+                body: BodySource) -> PodRequest:
+    """The :class:`PodRequest` of one hpush (PUT) or hpull (GET) request, from what any
+    web framework gives: ``etl_args`` and ``etl_fqn`` from the query, the pipeline from
+    ``Ais-Node-Url`` (AIStore ``ext/etl/communicator.go``). ``path`` without its leading ``/``."""
+    return PodRequest(is_get=is_get, path=path, etl_args=query.get(QPARAM_ETL_ARGS, "").strip(),
+                      fqn=query.get(QPARAM_ETL_FQN, "").strip(), pipeline=headers.get(HEADER_NODE_URL), body=body)
+
+
+def echo_request_id(headers: Mapping[str, str], reply: PodReply) -> PodReply:
+    """Echo the target's ``Aioetl-Req-Id`` in ``reply`` (the target attributes the reply by it)."""
+    rid = headers.get(HEADER_REQ_ID)
+    if rid is not None:
+        reply.headers[HEADER_REQ_ID] = rid
+    return reply

@@ -87,6 +87,8 @@ class ETLServer:
     ``direct_fqn``, ``direct_put_retries``, ``token``, ``logger``, ``use_streaming``.
 
     Args:
+        host: address its shell binds (the bootstrap overrides it with ``--host``).
+        port: port its shell binds (the bootstrap overrides it with ``--port``).
         config: the pod settings; by default read from the environment
             (:meth:`PodConfig.from_env`).
 
@@ -100,8 +102,10 @@ class ETLServer:
     ws_max_inflight_bytes: ClassVar[int] = 256 << 20
     max_threads: ClassVar[int] = 64
 
-    def __init__(self, *, config: PodConfig | None = None) -> None:
+    def __init__(self, host: str = "0.0.0.0", port: int = 8000, *, config: PodConfig | None = None) -> None:
         cfg = config if config is not None else PodConfig.from_env()
+        self.host = host
+        self.port = port
         self.config = cfg
         self.host_target = cfg.target_url
         self.direct_fqn = cfg.direct_fqn
