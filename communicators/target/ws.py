@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +33,7 @@ from aioetl.communicators.wire.frames import (
     WS_KIND_DATA,
     WS_KIND_DELIVERED,
     WS_KIND_ERROR,
+    WsControl,
     WsProtocolError,
     parse_ws_frame,
 )
@@ -361,13 +363,8 @@ class WsComm(CommBase):
 
     async def _transform(self, obj: str, fqn: str | None, body: bytes | None, etl_args: str,
                          pipeline: list[str] | None, direct: bool) -> PodResult:
-        ctrl: dict[str, Any] = {"path": obj}
-        if fqn:
-            ctrl["fqn"] = fqn_param(fqn)
-        if etl_args:
-            ctrl["etl_args"] = etl_args
-        if pipeline:
-            ctrl["pipeline"] = ",".join(pipeline)
+        ctrl = WsControl(path=obj, fqn=fqn_param(fqn) if fqn else "", etl_args=etl_args,
+                         pipeline=",".join(pipeline) if pipeline else "")
         slots = self._slots
         if slots is not None:
             await slots.acquire()
@@ -381,17 +378,16 @@ class WsComm(CommBase):
                     self._retire(c)
                 slots.release()
 
-    async def _round_trip(self, c: _WsConn, ctrl: dict[str, Any], obj: str, fqn: str | None, body: bytes | None,
+    async def _round_trip(self, c: _WsConn, ctrl: WsControl, obj: str, fqn: str | None, body: bytes | None,
                           direct: bool) -> PodResult:
         loop = asyncio.get_running_loop()
         rid = next(self._ids)
-        if c.ids:
-            ctrl["id"] = rid
+        frame = (dataclasses.replace(ctrl, id=rid) if c.ids else ctrl).encode()
         fut: asyncio.Future[PodResult | AioetlError] = loop.create_future()
         c.pending[rid] = _Req(fut, direct)
         try:
             async with c.send_lock:
-                await c.ws.send_bytes(json.dumps(ctrl).encode())
+                await c.ws.send_bytes(frame)
                 if not fqn:
                     await c.ws.send_bytes(body or b"")
         except (aiohttp.ClientError, ConnectionError, RuntimeError) as e:

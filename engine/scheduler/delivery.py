@@ -27,9 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-
-from aioetl.communicators.target.comm import EtlFailed, Reply
+from aioetl.communicators.target.comm import Reply
 from aioetl.engine.core.names import make_uname
 from aioetl.engine.core.smap import Snode
 from aioetl.engine.target.peers import Peers
@@ -153,10 +151,5 @@ class Sinks:
                 sent[0] += len(chunk)
                 yield chunk
 
-        try:
-            await self.peers.put_object(owner.url, bck, obj, body(), xid=xid, size=reply.size)
-        except aiohttp.ClientConnectionError as e:
-            if isinstance(e.__cause__, EtlFailed):  # the pod's side broke, not the peer's
-                raise e.__cause__ from None
-            raise
+        await self.peers.put_object(owner.url, bck, obj, body(), xid=xid, size=reply.size)  # a broken reply: EtlFailed
         return sent[0]

@@ -18,7 +18,7 @@ import aiohttp
 
 from aioetl.engine.node.auth import auth_headers
 from aioetl.engine.target.services import ClusterView
-from aioetl.errors import AioetlError, InsufficientStorage
+from aioetl.errors import AioetlError, InsufficientStorage, NodeUnavailable
 
 __all__ = ["Peers"]
 
@@ -94,20 +94,28 @@ class Peers:
 
         Raises:
             InsufficientStorage: the peer is out of space (507), naming the peer.
-            AioetlError: any other refusal, with the peer's status.
-            aiohttp.ClientError: the peer is unreachable.
+            NodeUnavailable: the peer could not be reached or dropped the connection (503).
+            AioetlError: any other refusal, with the peer's status; or the error an async
+                iterator ``body`` raised (e.g. a pod's reply that broke), as it was raised.
         """
         headers = {"Content-Length": str(size)} if size is not None else {}
         params = {"uuid": xid, "owt": "3"} if xid else {}
         counted = _Counted(body) if isinstance(body, aiohttp.StreamReader) else None
-        async with self.session.put(f"{url}/v1/objects/{quote(bck, safe='')}/{quote(obj, safe='/')}",
-                                    params=params, data=counted or body, headers=headers,
-                                    timeout=aiohttp.ClientTimeout(total=None, sock_read=300)) as r:
-            if r.status >= 400:
-                text = (await r.read())[:500].decode(errors="replace")
-                if r.status == 507:
-                    raise InsufficientStorage(f"target {self.cluster.node_at(url)} out of space: {text}")
-                raise AioetlError(f"PUT of ais://{bck}/{obj} to {url} failed: {r.status} {text}", status=r.status)
+        try:
+            async with self.session.put(f"{url}/v1/objects/{quote(bck, safe='')}/{quote(obj, safe='/')}",
+                                        params=params, data=counted or body, headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=None, sock_read=300)) as r:
+                if r.status >= 400:
+                    text = (await r.read())[:500].decode(errors="replace")
+                    if r.status == 507:
+                        raise InsufficientStorage(f"target {self.cluster.node_at(url)} out of space: {text}")
+                    raise AioetlError(f"PUT of ais://{bck}/{obj} to {url} failed: {r.status} {text}",
+                                      status=r.status)
+        except aiohttp.ClientConnectionError as e:
+            if isinstance(e.__cause__, AioetlError):  # the body's side broke (aiohttp wraps it), not the peer
+                raise e.__cause__ from None
+            raise NodeUnavailable(f"PUT of ais://{bck}/{obj} to target {self.cluster.node_at(url)}: "
+                                  f"{type(e).__name__}: {e}") from e
         if counted is not None:
             return counted.n
         if size is not None:
