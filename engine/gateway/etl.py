@@ -48,7 +48,7 @@ from aioetl.engine.core.etl import (
 )
 from aioetl.engine.core.smap import Snode
 from aioetl.engine.gateway.cluster import ClusterMap, PeerClient, Reply, err_text
-from aioetl.engine.gateway.metadata import EtlMd
+from aioetl.engine.gateway.metadata import EtlEntry, EtlMd
 from aioetl.engine.gateway.tasks import TaskOwner
 from aioetl.engine.node.httpd import json_response, read_json
 from aioetl.errors import AlreadyExists, BadRequest
@@ -88,10 +88,10 @@ class GatewayEtl:
         self.tasks = tasks
         self.on_stopped = on_stopped
         self._lock = asyncio.Lock()  # guards the check-and-add of a new ETL name
-        self._restart_pending = {n for n, e in self.md.items() if e["stage"] in (STAGE_RUNNING, STAGE_INITIALIZING)}
+        self._restart_pending = {n for n, e in self.md.items() if e.stage in (STAGE_RUNNING, STAGE_INITIALIZING)}
         for n in self._restart_pending:
-            self.md[n]["stage"] = next_stage(self.md[n]["stage"], EtlEvent.FAIL)  # restarted under it
-            self.md[n]["error"] = RESTART_WAIT_REASON
+            self.md[n].stage = next_stage(self.md[n].stage, EtlEvent.FAIL)  # restarted under it
+            self.md[n].error = RESTART_WAIT_REASON
         self._restarting = False
         self._target_inits: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._joining: dict[str, set[str]] = {}  # ETL -> targets whose join init runs
@@ -114,10 +114,10 @@ class GatewayEtl:
         r.add_route("GET", "/v1/etl/{name}/metrics", self.h_metrics)
 
     # -- helpers -----------------------------------------------------------------
-    def require(self, name: str) -> dict[str, Any]:
+    def require(self, name: str) -> EtlEntry:
         return self.etlmd.require(name)
 
-    def require_running(self, name: str) -> dict[str, Any]:
+    def require_running(self, name: str) -> EtlEntry:
         return self.etlmd.require_running(name)
 
     async def _each_target(self, method: str, path: str, *, body: Any = None, timeout_s: float = 30.0,
@@ -127,32 +127,32 @@ class GatewayEtl:
     async def _run_init(self, name: str) -> str:
         """Phase 1 on every target; undo on all if any fails. Returns the xid."""
         e = self.md[name]
-        spec = parse_init_msg(e["msg"])
-        e["secret"], e["xid"] = new_secret(), f"etl-{secrets.token_hex(5)}"
-        e["stage"], e["error"] = next_stage(e["stage"], EtlEvent.INIT), ""
+        spec = parse_init_msg(e.msg)
+        e.secret, e.xid = new_secret(), f"etl-{secrets.token_hex(5)}"
+        e.stage, e.error = next_stage(e.stage, EtlEvent.INIT), ""
         self._save()
-        body = {"msg": e["msg"], "secret": e["secret"], "xid": e["xid"]}
+        body = {"msg": e.msg, "secret": e.secret, "xid": e.xid}
         try:
             res = await self._each_target("POST", "/v1/etl/_init", body=body, timeout_s=spec.init_timeout_s + 30)
         except BaseException as ex:  # cancelled (shutdown) or a bug: never leave it Initializing
-            if e.get("stage") == STAGE_INITIALIZING:
-                e["stage"], e["error"] = next_stage(e["stage"], EtlEvent.FAIL), f"init interrupted: {ex!r}"
+            if e.stage == STAGE_INITIALIZING:
+                e.stage, e.error = next_stage(e.stage, EtlEvent.FAIL), f"init interrupted: {ex!r}"
                 self._save()
             raise
         failed = [(t, st, b) for t, st, b in res if st != 200]
         if failed:
             await self._each_target("DELETE", f"/v1/etl/{name}")
             t, st, b = failed[0]
-            e["stage"], e["error"] = next_stage(e["stage"], EtlEvent.FAIL), err_text(b)
+            e.stage, e.error = next_stage(e.stage, EtlEvent.FAIL), err_text(b)
             self._save()
-            msg = f'etl job "{name}": init failed on target {t.daemon_id}: {e["error"]}'
+            msg = f'etl job "{name}": init failed on target {t.daemon_id}: {e.error}'
             log.warning("etl init failed", etl=name, target=t.daemon_id, status=st)
             raise BadRequest(msg)
-        e["stage"] = next_stage(e["stage"], EtlEvent.READY)
-        e["pods"] = {t.daemon_id: json.loads(b) for t, _, b in res}
+        e.stage = next_stage(e.stage, EtlEvent.READY)
+        e.pods = {t.daemon_id: json.loads(b) for t, _, b in res}
         self._save()
-        log.info("etl running", etl=name, xid=e["xid"], comm=spec.comm_type)
-        return str(e["xid"])
+        log.info("etl running", etl=name, xid=e.xid, comm=spec.comm_type)
+        return e.xid
 
     # -- endpoints ---------------------------------------------------------------
     async def h_init(self, request: web.Request) -> web.StreamResponse:
@@ -161,8 +161,7 @@ class GatewayEtl:
         async with self._lock:
             if spec.name in self.md:
                 raise AlreadyExists(f'etl job "{spec.name}" already exists')
-            self.md[spec.name] = {"msg": msg, "stage": next_stage(None, EtlEvent.INIT), "secret": "", "xid": "",
-                                  "error": ""}
+            self.md[spec.name] = EtlEntry(msg=msg, stage=next_stage(None, EtlEvent.INIT))
         xid = await self._run_init(spec.name)
         return web.Response(text=xid)
 
@@ -186,7 +185,7 @@ class GatewayEtl:
                 for k in s:
                     s[k] += int(i.get(k, 0))
             for name, e in self.md.items():
-                if e["stage"] != STAGE_RUNNING:
+                if e.stage != STAGE_RUNNING:
                     continue
                 if name not in have:
                     lacking.setdefault(name, []).append(t)
@@ -195,14 +194,14 @@ class GatewayEtl:
         out = []
         for name, e in sorted(self.md.items()):
             s = stats.get(name, {"obj_count": 0, "in_bytes": 0, "out_bytes": 0})
-            stage = e["stage"]
+            stage = e.stage
             if stage == STAGE_RUNNING and name in dead:
                 stage = STAGE_ABORTED
             elif stage == STAGE_RUNNING and name in lacking:
                 stage = STAGE_INITIALIZING
                 for t in lacking[name]:
                     self.init_on_target(name, t)
-            out.append({"id": name, "xaction_id": e.get("xid", ""), "stage": stage, **s})
+            out.append({"id": name, "xaction_id": e.xid, "stage": stage, **s})
         return json_response(out)
 
     async def h_view(self, request: web.Request) -> web.StreamResponse:
@@ -218,14 +217,14 @@ class GatewayEtl:
                     if len(errs) < MAX_OBJ_ERRS and err.get("msg") not in seen:
                         seen.add(err.get("msg"))
                         errs.append(err)
-        doc = {"init_msg": e["msg"], "obj_errors": errs, "stage": e["stage"], "error": e.get("error", "")}
+        doc = {"init_msg": e.msg, "obj_errors": errs, "stage": e.stage, "error": e.error}
         return json_response(doc)
 
     async def _stop(self, name: str, reason: str = "") -> None:
         e = self.require(name)
-        e["stage"] = next_stage(e["stage"], EtlEvent.STOP)  # first: no (re)join init may start a pod from here on
+        e.stage = next_stage(e.stage, EtlEvent.STOP)  # first: no (re)join init may start a pod from here on
         if reason:
-            e["error"] = reason
+            e.error = reason
         self._save()
         await self._each_target("DELETE", f"/v1/etl/{name}")
         await self.on_stopped(name, reason or f'etl job "{name}" stopped')
@@ -240,8 +239,8 @@ class GatewayEtl:
         name = request.match_info["name"]
         validate_etl_name(name)
         e = self.require(name)
-        if e["stage"] != STAGE_ABORTED:
-            raise BadRequest(f'etl job "{name}" is {e["stage"]}: only an Aborted (stopped) ETL can be started')
+        if e.stage != STAGE_ABORTED:
+            raise BadRequest(f'etl job "{name}" is {e.stage}: only an Aborted (stopped) ETL can be started')
         await self._run_init(name)
         return web.Response(status=200)
 
@@ -257,7 +256,7 @@ class GatewayEtl:
         """A target reports that its pod of ``name`` died: abort the ETL everywhere."""
         name = request.match_info["name"]
         doc = await read_json(request, required=False) or {}
-        if name in self.md and self.md[name]["stage"] in (STAGE_RUNNING, STAGE_INITIALIZING):
+        if name in self.md and self.md[name].stage in (STAGE_RUNNING, STAGE_INITIALIZING):
             reason = str(doc.get("error") or f"pod of etl job {name} exited")
             log.warning("etl aborted: pod died", etl=name, reason=reason)
             await self._stop(name, reason)
@@ -302,7 +301,7 @@ class GatewayEtl:
         names, self._restart_pending = sorted(self._restart_pending), set()
         try:
             for name in names:
-                if name not in self.md or self.md[name]["stage"] != STAGE_ABORTED:
+                if name not in self.md or self.md[name].stage != STAGE_ABORTED:
                     continue  # deleted, or started by hand meanwhile
                 try:
                     await self._run_init(name)
@@ -330,7 +329,7 @@ class GatewayEtl:
                 self.tasks.spawn(self._restart_when_ready(), name="etl-restart-after-boot")
             return
         for name, e in self.md.items():
-            if e["stage"] == STAGE_RUNNING:
+            if e.stage == STAGE_RUNNING:
                 self.init_on_target(name, node, wait_ready=True)
 
     async def _restart_when_ready(self) -> None:
@@ -364,23 +363,23 @@ class GatewayEtl:
             await self.peers.wait_ready(node.daemon_id)
         e = self.md.get(name)
         joining = self._joining.setdefault(name, set())
-        if e is None or not (e["stage"] == STAGE_RUNNING or (e["stage"] == STAGE_INITIALIZING and joining)):
+        if e is None or not (e.stage == STAGE_RUNNING or (e.stage == STAGE_INITIALIZING and joining)):
             return
         node = self.cluster.target(node.daemon_id) or node  # the latest URL
-        xid = e["xid"]
-        spec = parse_init_msg(e["msg"])
+        xid = e.xid
+        spec = parse_init_msg(e.msg)
         joining.add(node.daemon_id)
-        e["stage"] = next_stage(e["stage"], EtlEvent.JOIN)
+        e.stage = next_stage(e.stage, EtlEvent.JOIN)
         self._save()
         log.info("etl: starting the pod on a (re)joined target", etl=name, target=node.daemon_id)
-        body = {"msg": e["msg"], "secret": e["secret"], "xid": xid}
+        body = {"msg": e.msg, "secret": e.secret, "xid": xid}
         try:
             res = await self._each_target("POST", "/v1/etl/_init", body=body, timeout_s=spec.init_timeout_s + 30,
                                           targets=[node])
         finally:
             joining.discard(node.daemon_id)
         _t, st, b = res[0]
-        if self.md.get(name) is not e or e["xid"] != xid or e["stage"] != STAGE_INITIALIZING:
+        if self.md.get(name) is not e or e.xid != xid or e.stage != STAGE_INITIALIZING:
             # stopped, deleted or re-initialized meanwhile: undo this pod
             await self._each_target("DELETE", f"/v1/etl/{name}", targets=[node])
             return
@@ -389,8 +388,10 @@ class GatewayEtl:
             log.warning("etl init on a joined target failed", etl=name, target=node.daemon_id, status=st)
             await self._stop(name, reason)
             return
-        e.setdefault("pods", {})[node.daemon_id] = json.loads(b)
+        pods = e.pods if isinstance(e.pods, dict) else {}
+        pods[node.daemon_id] = json.loads(b)
+        e.pods = pods
         if not joining:
-            e["stage"], e["error"] = next_stage(e["stage"], EtlEvent.READY), ""
+            e.stage, e.error = next_stage(e.stage, EtlEvent.READY), ""
         self._save()
         log.info("etl pod started on target", etl=name, target=node.daemon_id, running=not joining)

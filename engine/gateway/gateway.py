@@ -101,7 +101,7 @@ class Gateway:
         self.node_id = cfg.node_id
         gw_dir = os.path.join(cfg.data_dir, "gateway")
         bmd = load_bmd(os.path.join(gw_dir, "bmd.json"))
-        self.cluster = ClusterMap(proxy_id=cfg.node_id, uuid=bmd.get("cluster_uuid", ""),
+        self.cluster = ClusterMap(proxy_id=cfg.node_id, uuid=bmd.uuid,
                                   cluster_json=os.path.join(cfg.data_dir, "cluster.json"))
         self.peers = PeerClient(self.cluster, session)
         self.meta = ClusterMeta(bmd=bmd, path=os.path.join(gw_dir, "bmd.json"), cluster=self.cluster, peers=self.peers)
@@ -146,7 +146,7 @@ class Gateway:
         if what == "smap":
             return json_response(self.cluster.smap.to_json())
         if what == "bmd":
-            return json_response(self.meta.bmd)
+            return json_response(self.meta.bmd.to_json())
         if what == "snode":
             return json_response(self.cluster.proxy.to_json())
         raise BadRequest(f'invalid query "what={what}"')

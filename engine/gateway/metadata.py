@@ -2,9 +2,14 @@
 
 - :class:`ClusterMeta`: buckets (``<data>/gateway/bmd.json``), target joins, and the
   metasync that pushes ``{"smap", "bmd"}`` to targets after each change.
-- :class:`EtlMd`: every ETL's entry (``<data>/gateway/etlmd.json``): init message,
-  stage, error, secret, xid, pods. The ETL service changes it; the job service and
-  the object redirects only ask whether an ETL runs.
+- :class:`EtlMd`: every ETL's :class:`EtlEntry` (``<data>/gateway/etlmd.json``):
+  init message, stage, secret, xid, error, pods. The ETL service changes it; the job
+  service and the object redirects only ask whether an ETL runs.
+
+Both are typed in memory (:class:`Bmd`, :class:`EtlEntry`, msgspec Structs) and
+keep their JSON as it was when they were dicts: same keys, same order, an absent
+optional key stays absent (``msgspec.UNSET``). The BMD that travels to targets
+(metasync body, join reply) is :meth:`Bmd.to_json`, the same document the file holds.
 
 Both files are written with :func:`write_private_json` (temp file, mode 0600 as
 etlMD holds per-ETL secrets, fsync, rename).
@@ -20,14 +25,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import structlog
 
-from aioetl.engine.core.etl import STAGE_RUNNING, etl_not_found
+from aioetl.engine.core.etl import STAGE_RUNNING, EtlStage, etl_not_found
 from aioetl.engine.core.smap import Snode
 from aioetl.engine.gateway.cluster import ClusterMap, PeerClient
 from aioetl.errors import bck_not_found
 
-__all__ = ["ClusterMeta", "EtlMd", "load_bmd", "write_private_json"]
+__all__ = ["Bmd", "ClusterMeta", "EtlEntry", "EtlMd", "load_bmd", "write_private_json"]
 
 log = structlog.get_logger("aioetl.gateway.metadata")
 
@@ -48,14 +54,73 @@ def write_private_json(path: str, doc: Any) -> None:
     os.replace(tmp, path)
 
 
-def load_bmd(path: str) -> dict[str, Any]:
-    """The persisted BMD ``{"version", "buckets", "cluster_uuid"}``, or a new empty one."""
+class Bmd(msgspec.Struct):
+    """The bucket metadata: ``{"version", "buckets", "cluster_uuid"}`` on disk and on the wire.
+
+    Attributes:
+        version: bumped on every change of ``buckets``.
+        buckets: bucket name -> props, AIStore's props passed through as they are
+            (``provider``, ``created`` in ns, ``bid``, ...).
+        cluster_uuid: set when the BMD is first made; absent (``UNSET``) in a BMD
+            that never had one, and then left out of its JSON.
+    """
+
+    version: int = 0
+    buckets: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    cluster_uuid: str | msgspec.UnsetType = msgspec.UNSET
+
+    def to_json(self) -> dict[str, Any]:
+        """A fresh JSON document of this BMD, as ``bmd.json`` holds it and targets take it."""
+        doc: dict[str, Any] = msgspec.to_builtins(self)
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Bmd:
+        """The BMD in ``doc`` (as :meth:`to_json` makes it).
+
+        Raises:
+            msgspec.ValidationError: ``doc`` is not a BMD.
+        """
+        return msgspec.convert(doc, cls)
+
+    @property
+    def uuid(self) -> str:
+        """``cluster_uuid``, or ``""`` when the BMD has none."""
+        return self.cluster_uuid if isinstance(self.cluster_uuid, str) else ""
+
+
+class EtlEntry(msgspec.Struct):
+    """One ETL in etlMD: ``{"msg", "stage", "secret", "xid", "error"[, "pods"]}`` on disk.
+
+    Attributes:
+        msg: the init message (``PUT /v1/etl`` body) verbatim, as ``view()`` returns it.
+        stage: changed only through :func:`~aioetl.engine.core.etl.next_stage`.
+        secret: the per-ETL secret the targets check on object requests.
+        xid: the ETL's xaction id (``etl-<hex>``), new on every init.
+        error: why it is Aborted; ``""`` otherwise.
+        pods: target id -> that target's reply to its pod's init; absent (``UNSET``)
+            until the ETL first ran, and then left out of its JSON.
+    """
+
+    msg: dict[str, Any]
+    stage: EtlStage
+    secret: str = ""
+    xid: str = ""
+    error: str = ""
+    pods: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+
+
+def load_bmd(path: str) -> Bmd:
+    """The persisted BMD, or a new empty one with a new ``cluster_uuid``.
+
+    Raises:
+        msgspec.ValidationError: the file holds no BMD.
+    """
     try:
         with open(path) as f:
-            bmd: dict[str, Any] = json.load(f)
-            return bmd
+            return Bmd.from_json(json.load(f))
     except FileNotFoundError:
-        return {"version": 0, "buckets": {}, "cluster_uuid": secrets.token_hex(5)}
+        return Bmd(cluster_uuid=secrets.token_hex(5))
 
 
 class ClusterMeta:
@@ -68,7 +133,7 @@ class ClusterMeta:
         peers: for the metasync.
     """
 
-    def __init__(self, *, bmd: dict[str, Any], path: str, cluster: ClusterMap, peers: PeerClient) -> None:
+    def __init__(self, *, bmd: Bmd, path: str, cluster: ClusterMap, peers: PeerClient) -> None:
         self.bmd = bmd
         self.path = path
         self.cluster = cluster
@@ -76,18 +141,18 @@ class ClusterMeta:
 
     @property
     def version(self) -> int:
-        return int(self.bmd.get("version", 0))
+        return self.bmd.version
 
     def meta(self) -> dict[str, Any]:
         """``{"smap", "bmd"}`` as targets take it (join reply, metasync)."""
-        return {"smap": self.cluster.smap.to_json(), "bmd": self.bmd}
+        return {"smap": self.cluster.smap.to_json(), "bmd": self.bmd.to_json()}
 
     # -- buckets -------------------------------------------------------------------
     def bucket_names(self) -> list[str]:
-        return sorted(self.bmd["buckets"])
+        return sorted(self.bmd.buckets)
 
     def has_bucket(self, bck: str) -> bool:
-        return bck in self.bmd["buckets"]
+        return bck in self.bmd.buckets
 
     def require_bucket(self, bck: str) -> dict[str, Any]:
         """The props of ``bck``.
@@ -95,7 +160,7 @@ class ClusterMeta:
         Raises:
             NotFound: no such bucket.
         """
-        props: dict[str, Any] | None = self.bmd["buckets"].get(bck)
+        props: dict[str, Any] | None = self.bmd.buckets.get(bck)
         if props is None:
             raise bck_not_found(bck)
         return props
@@ -103,10 +168,10 @@ class ClusterMeta:
     async def create_bucket(self, bck: str, like: str = "") -> None:
         """Add ``bck`` (props copied from ``like`` if given), persist, push to targets."""
         props = {"provider": "ais", "created": time.time_ns(), "bid": secrets.randbits(48)}
-        if like and like in self.bmd["buckets"]:
-            props = {**self.bmd["buckets"][like], "created": props["created"], "bid": props["bid"]}
+        if like and like in self.bmd.buckets:
+            props = {**self.bmd.buckets[like], "created": props["created"], "bid": props["bid"]}
 
-        def add(b: dict[str, Any]) -> None:
+        def add(b: dict[str, dict[str, Any]]) -> None:
             b.setdefault(bck, props)
 
         await self.update_buckets(add)
@@ -115,18 +180,18 @@ class ClusterMeta:
     async def destroy_bucket(self, bck: str) -> None:
         """Drop ``bck`` from the BMD, persist, push to targets (which then delete its objects)."""
 
-        def drop(b: dict[str, Any]) -> None:
+        def drop(b: dict[str, dict[str, Any]]) -> None:
             b.pop(bck, None)
 
         await self.update_buckets(drop)
         log.info("bucket destroyed", bck=bck)
 
-    async def update_buckets(self, change: Callable[[dict[str, Any]], None]) -> None:
+    async def update_buckets(self, change: Callable[[dict[str, dict[str, Any]]], None]) -> None:
         """Apply ``change`` to the buckets, bump the BMD version, persist, push to every target."""
         async with self.cluster.lock:
-            change(self.bmd["buckets"])
-            self.bmd["version"] += 1
-            await asyncio.get_running_loop().run_in_executor(None, write_private_json, self.path, self.bmd)
+            change(self.bmd.buckets)
+            self.bmd.version += 1
+            await asyncio.get_running_loop().run_in_executor(None, write_private_json, self.path, self.bmd.to_json())
             meta = self.meta()
         await self.peers.metasync(meta)
 
@@ -146,7 +211,7 @@ class ClusterMeta:
 
 
 class EtlMd:
-    """etlMD: ``{name: {"msg", "stage", "error", "secret", "xid", "pods"}}``, persisted.
+    """etlMD: ``{name: EtlEntry}``, persisted as ``{name: {"msg", "stage", ...}}``.
 
     Args:
         path: where it persists (``<data>/gateway/etlmd.json``).
@@ -154,24 +219,33 @@ class EtlMd:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.md: dict[str, dict[str, Any]] = self._load()
+        self.md: dict[str, EtlEntry] = self._load()
 
-    def _load(self) -> dict[str, dict[str, Any]]:
+    def _load(self) -> dict[str, EtlEntry]:
+        """The persisted entries, or none.
+
+        Raises:
+            msgspec.ValidationError: the file holds no etlMD.
+        """
         try:
             with open(self.path) as f:
-                md: dict[str, dict[str, Any]] = json.load(f)
-                return md
+                return msgspec.convert(json.load(f), dict[str, EtlEntry])
         except FileNotFoundError:
             return {}
 
+    def to_json(self) -> dict[str, Any]:
+        """Every entry as a JSON document, as ``etlmd.json`` holds it."""
+        doc: dict[str, Any] = msgspec.to_builtins(self.md)
+        return doc
+
     def save(self) -> None:
         """Persist every entry (synchronously: etlMD is small and changes rarely)."""
-        write_private_json(self.path, self.md)
+        write_private_json(self.path, self.to_json())
 
-    def get(self, name: str) -> dict[str, Any] | None:
+    def get(self, name: str) -> EtlEntry | None:
         return self.md.get(name)
 
-    def require(self, name: str) -> dict[str, Any]:
+    def require(self, name: str) -> EtlEntry:
         """The entry of ``name``.
 
         Raises:
@@ -182,13 +256,13 @@ class EtlMd:
             raise etl_not_found(name)
         return e
 
-    def require_running(self, name: str) -> dict[str, Any]:
+    def require_running(self, name: str) -> EtlEntry:
         """The entry of ``name`` if it is Running.
 
         Raises:
             NotFound: no such ETL, or it is not Running (as AIStore answers).
         """
         e = self.require(name)
-        if e["stage"] != STAGE_RUNNING:
+        if e.stage != STAGE_RUNNING:
             raise etl_not_found(name)
         return e

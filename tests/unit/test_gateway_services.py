@@ -22,7 +22,7 @@ from aioetl.engine.core.etl import STAGE_RUNNING
 from aioetl.engine.core.smap import Snode
 from aioetl.engine.gateway.cluster import ClusterMap, PeerClient
 from aioetl.engine.gateway.etl import GatewayEtl
-from aioetl.engine.gateway.metadata import EtlMd
+from aioetl.engine.gateway.metadata import EtlEntry, EtlMd
 from aioetl.engine.gateway.tasks import TaskOwner
 
 # -- TaskOwner ---------------------------------------------------------------------------
@@ -207,8 +207,8 @@ def test_joined_target_gets_its_etl_init_only_after_it_is_ready(tmp_path: Any, r
 
     async def body(cm: ClusterMap, peers: PeerClient, t: FakeTarget) -> None:
         md = EtlMd(str(tmp_path / "etlmd.json"))
-        entry = {"msg": {"name": "etl-one", "runtime": {"image": "x"}}, "stage": STAGE_RUNNING, "secret": "s",
-                 "xid": "etl-1", "error": "", "pods": {}}
+        entry = EtlEntry(msg={"name": "etl-one", "runtime": {"image": "x"}}, stage=STAGE_RUNNING, secret="s",
+                         xid="etl-1", error="", pods={})
         if restarted_cluster:  # etlMD says Running when the gateway starts
             md.md["etl-one"] = entry
         owner = TaskOwner("t")
@@ -229,11 +229,11 @@ def test_joined_target_gets_its_etl_init_only_after_it_is_ready(tmp_path: Any, r
         t.apply(cm.smap.to_json())
         e = md.md["etl-one"]
         for _ in range(200):
-            if e["stage"] == STAGE_RUNNING and e["pods"]:
+            if e.stage == STAGE_RUNNING and e.pods:
                 break
             await asyncio.sleep(0.02)
         assert [ev for ev, _ in t.events] == ["applied", "init"], t.events
-        assert e["pods"] == {"t1": {"pod": "ok"}} and not stopped and not etl.restart_pending
+        assert e.pods == {"t1": {"pod": "ok"}} and not stopped and not etl.restart_pending
         assert owner.statistics()["failed"] == 0
         await owner.aclose()
 
