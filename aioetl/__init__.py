@@ -11,10 +11,13 @@ The one import name of the distribution. Its parts:
 The public API below is loaded on first use, so ``import aioetl`` is cheap and
 pulls in neither the engine nor the optional FastAPI::
 
-    from aioetl import LocalCluster, DataClient, ETLServer
+    import asyncio
+    from aioetl import DataClient, LocalCluster
 
     with LocalCluster(targets=2, data_dir="/tmp/ais") as cluster:
-        DataClient(cluster.endpoint).put("ais://b/hello.txt", b"hi")
+        client = DataClient(cluster.endpoint)  # async: object I/O straight to HRW owners
+        asyncio.run(client.create_bucket("b"))
+        print(asyncio.run(client.list_buckets()))  # ['b']
 
 Names: ``LocalCluster``, ``ClusterError`` (a cluster on this machine, as ``aioetl
 cluster up`` runs it), ``DataClient``, ``ClientError`` (objects and buckets over
