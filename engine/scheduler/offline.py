@@ -71,7 +71,6 @@ WS_CONNS_PER_POD_PROCESS = 2
 # process answering one batch still has the next queued, and the target handles a batch
 # of replies per wakeup
 WS_MIN_INFLIGHT = 16
-DIRECT_PUT_RETRY_REASON = "direct-put-transient"
 SETTLE_BATCH = 1024  # direct-put claims per destination settled at once (bounds memory)
 JOB_TTL_S = 3600.0
 

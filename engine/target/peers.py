@@ -123,8 +123,13 @@ class Peers:
         return len(body) if isinstance(body, (bytes, bytearray, memoryview)) else 0
 
     async def post_gateway(self, path: str, doc: dict[str, Any]) -> None:
-        """POST ``doc`` to the gateway's ``path``; best effort (errors are swallowed by the
-        callers' intent: an abort or a notice the gateway may already know)."""
+        """POST ``doc`` to the gateway's ``path`` and read the answer.
+
+        Raises:
+            aiohttp.ClientError, TimeoutError: the gateway is unreachable (the callers, an
+                abort request and a pod-exit notice, treat it as best effort).
+            RuntimeError: the session is closed (the target is shutting down).
+        """
         async with self.session.post(f"{self.gateway_url}{path}", json=doc) as r:
             await r.read()
 
