@@ -5,8 +5,9 @@ in requests (:func:`fqn_param`), the mapping of a pod's error replies
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote
@@ -159,6 +160,21 @@ class CommBase:
         self.obj_timeout_s = obj_timeout_s
         self.session = session
         self.lender = lender
+
+    @contextlib.contextmanager
+    def _lent(self, fqn: str | None) -> Iterator[str | None]:
+        """The FQN to send for one request: a link lent for the block's duration when the
+        pod is confined (given back when the block ends: by then the pod's reply has
+        begun, so it has opened its input), else ``fqn`` itself."""
+        if not fqn or self.lender is None:
+            yield fqn
+            return
+        lender = self.lender
+        link = lender.lend(fqn)
+        try:
+            yield link
+        finally:
+            lender.give_back(link)
 
     def _timeout(self, what: str, timeout_s: float | None = None) -> BadRequest:
         return BadRequest(f'etl job "{self.etl}": timeout: {what} took longer than obj_timeout '

@@ -25,7 +25,7 @@ from aioetl.communicators.target.base import (
     fqn_param,
     pod_error,
 )
-from aioetl.communicators.wire.const import HEADER_REQ_ID
+from aioetl.communicators.wire.const import HEADER_ETL_RETRY_REASON, HEADER_REQ_ID, RETRY_REASON_DIRECT_PUT_TRANSIENT
 from aioetl.errors import AioetlError
 
 __all__ = ["HpullComm", "HpushComm"]
@@ -94,9 +94,7 @@ class HpushComm(CommBase):
             EtlFailed: pod error status, pod unreachable, or a 204 nobody asked for.
             BadRequest: timeout (text has "timeout").
         """
-        lent = self.lender.lend(fqn) if fqn and self.lender is not None else None
-        fqn = lent or fqn
-        try:
+        with self._lent(fqn) as fqn:
             url, params, headers = self.request_args(bck, obj, fqn, etl_args, pipeline or [])
             if body is None:
                 headers["Content-Length"] = "0"
@@ -104,9 +102,6 @@ class HpushComm(CommBase):
             elif size is not None:
                 headers["Content-Length"] = str(size)
             return await self._send("PUT", url, params, headers, body, f"{bck}/{obj}", timeout_s, direct)
-        finally:
-            if lent:  # the pod has read its input once its reply has begun
-                self.lender.give_back(lent)  # type: ignore[union-attr]
 
     @contextlib.asynccontextmanager
     async def send(self, bck: str, obj: str, *, fqn: str | None, etl_args: str = "", pipeline: Sequence[str] = (),
@@ -190,7 +185,7 @@ class HpushComm(CommBase):
         except (TimeoutError, aiohttp.ClientError):
             text = b""
         resp.release()
-        if resp.status == 503 and resp.headers.get("Ais-Etl-Retry-Reason", "") == "direct-put-transient":
+        if resp.status == 503 and resp.headers.get(HEADER_ETL_RETRY_REASON, "") == RETRY_REASON_DIRECT_PUT_TRANSIENT:
             return EtlRetry(f'ETL error: etl job "{self.etl}": direct put failed transiently: '
                             f"{text[:2000].decode(errors='replace')}")
         return pod_error(self.etl, resp.status, text)
@@ -216,11 +211,6 @@ class HpullComm(HpushComm):
                    pipeline: list[str] | None = None, size: int | None = None,
                    timeout_s: float | None = None, direct: bool = False) -> aiohttp.ClientResponse:
         url = f"{self.pod_url}/{quote(f'ais/@#/{bck}/{obj}', safe='@')}"
-        lent = self.lender.lend(fqn) if fqn and self.lender is not None else None
-        fqn = lent or fqn
-        try:
+        with self._lent(fqn) as fqn:
             params, headers = self._params_headers(fqn, etl_args, pipeline or [])
             return await self._send("GET", url, params, headers, None, f"{bck}/{obj}", timeout_s, direct)
-        finally:
-            if lent:
-                self.lender.give_back(lent)  # type: ignore[union-attr]

@@ -335,13 +335,8 @@ class WsComm(CommBase):
             raise EtlFailed(f'etl job "{self.etl}": communicator closed', status=424)
         if self._order_mode is None:
             await self._first()
-        lent = self.lender.lend(fqn) if fqn and self.lender is not None else None
-        fqn = lent or fqn
-        try:
+        with self._lent(fqn) as fqn:
             return await self._transform(obj, fqn, body, etl_args, pipeline, direct)
-        finally:
-            if lent:
-                self.lender.give_back(lent)  # type: ignore[union-attr]
 
     @contextlib.asynccontextmanager
     async def send(self, bck: str, obj: str, *, fqn: str | None, etl_args: str = "", pipeline: Sequence[str] = (),
