@@ -12,11 +12,14 @@
     |   +-- NotFound                     bucket, object or ETL does not exist (404)
     |   +-- AlreadyExists                bucket or ETL exists (409)
     |   +-- Conflict                     concurrent or shape conflict, e.g. "a" vs "a/b" (409)
+    |   +-- Forbidden                    a remote backend refused the credentials (403)
     +-- ServerError (5xx)                our fault or the machine's
         +-- StorageError (500)           a mountpath failed: read, write, rename, fsync
         |   +-- InsufficientStorage      disk full (507)
         +-- PeerError (502)              another node answered wrongly
         |   +-- NodeUnavailable *        a peer target did not answer, or none is in the map (503)
+        |   +-- RemoteError              a remote backend (S3) answered with an error (502)
+        |       +-- RemoteUnavailable *  the remote backend did not answer or said 5xx/429 (503)
         +-- TransformError (500)         an ETL pod or the user's transform failed
         |   +-- PodUnavailable *         a pod did not answer, or asked to be retried (503)
         +-- XactionError (500)           a job (xaction) failed or ended in a bad state
@@ -55,6 +58,7 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "Conflict",
+    "Forbidden",
     "InsufficientStorage",
     "InvalidName",
     "NodeUnavailable",
@@ -62,6 +66,8 @@ __all__ = [
     "PeerError",
     "PodUnavailable",
     "RangeNotSatisfiable",
+    "RemoteError",
+    "RemoteUnavailable",
     "RequestError",
     "ServerError",
     "StorageError",
@@ -146,6 +152,12 @@ class Conflict(ClientError):
     status = 409
 
 
+class Forbidden(ClientError):
+    """A remote backend refused the request: wrong credentials or no permission (403)."""
+
+    status = 403
+
+
 class ServerError(AioetlError):
     """A 5xx: the server failed; the SDK retries these."""
 
@@ -172,6 +184,18 @@ class PeerError(ServerError):
 
 class NodeUnavailable(PeerError, TransientError):
     """A peer node could not be reached, or the map has no target for it (503; transient)."""
+
+    status = 503
+
+
+class RemoteError(PeerError):
+    """A remote backend (an S3 endpoint) answered with an error that is not the caller's (502)."""
+
+    status = 502
+
+
+class RemoteUnavailable(RemoteError, TransientError):
+    """A remote backend did not answer, or answered 5xx/429 after the retries (503)."""
 
     status = 503
 
@@ -209,14 +233,21 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TransientError) or getattr(exc, "transient", False) is True
 
 
+def _uri(bucket: str, provider: str) -> str:
+    p, sep, name = bucket.partition(":")  # a bucket key "aws:b" (aioetl.engine.core.names)
+    return f"{p}://{name}" if sep else f"{provider}://{bucket}"
+
+
 def bck_not_found(bucket: str, provider: str = "ais") -> NotFound:
-    """The Go text for a missing bucket: ``bucket "ais://b" does not exist``."""
-    return NotFound(f'bucket "{provider}://{bucket}" does not exist')
+    """The Go text for a missing bucket: ``bucket "ais://b" does not exist`` (``bucket`` may be a
+    bucket key such as ``aws:b``)."""
+    return NotFound(f'bucket "{_uri(bucket, provider)}" does not exist')
 
 
 def obj_not_found(bucket: str, obj: str, provider: str = "ais") -> NotFound:
-    """The Go text for a missing object: ``object "ais://b/o" does not exist``."""
-    return NotFound(f'object "{provider}://{bucket}/{obj}" does not exist')
+    """The Go text for a missing object: ``object "ais://b/o" does not exist`` (``bucket`` may be a
+    bucket key such as ``aws:b``)."""
+    return NotFound(f'object "{_uri(bucket, provider)}/{obj}" does not exist')
 
 
 def error_body(

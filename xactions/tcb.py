@@ -25,9 +25,11 @@ reads them (NVIDIA/aistore@583e7729):
 - ``synchronize``: on an ``ais://`` source AIStore prunes the destination,
   deleting objects the source no longer has (``xact/xs/tcb.go`` ``prune``,
   ``xact/xs/prune.go``), except for an ``objnames`` list (``xact/xs/tcobjs.go``:
-  ``msg.Sync && lrit.lrp != lrpList``), where it is ignored. aioetl has no prune
-  yet: ``synchronize`` is refused with 400 (with ``prepend`` too, as AIStore does,
-  ``ais/proxy.go``) except with an ``objnames`` list, where it is ignored.
+  ``msg.Sync && lrit.lrp != lrpList``), where it is ignored. aioetl prunes only
+  behind a remote (``aws://``) source, whose full listing every target reads
+  anyway; on an ``ais://`` source ``synchronize`` is refused with 400 (with
+  ``prepend`` always, as AIStore does, ``ais/proxy.go``) except with an
+  ``objnames`` list, where it is ignored.
 - ``request_timeout``: "per-object transform request timeout" (``apc.Transform``,
   ``api/apc/tcbtco.go``; the CLI flag ``--object-timeout``: "server-side timeout
   of transforming a single object", ``cmd/cli/cli/const.go``). AIStore's server
@@ -63,8 +65,11 @@ __all__ = [
     "DELETE_LISTRANGE",
     "ETL_BCK",
     "ETL_LISTRANGE",
+    "EVICT_LISTRANGE",
+    "IN_PLACE_KINDS",
     "LISTRANGE_KINDS",
     "MAX_NUM_WORKERS",
+    "PREFETCH_LISTRANGE",
     "TcbMsg",
     "expand_template",
 ]
@@ -74,8 +79,12 @@ ETL_LISTRANGE = "etl-listrange"
 COPY_BCK = "copy-bck"
 COPY_LISTRANGE = "copy-listrange"
 DELETE_LISTRANGE = "delete-listrange"
-LISTRANGE_KINDS = (ETL_LISTRANGE, COPY_LISTRANGE, DELETE_LISTRANGE)
-COPY_KINDS = (COPY_BCK, COPY_LISTRANGE, DELETE_LISTRANGE)  # kinds without an ETL
+EVICT_LISTRANGE = "evict-listrange"  # remote buckets: drop cached copies (AIStore xact/xs/evict.go)
+PREFETCH_LISTRANGE = "prefetch-listrange"  # remote buckets: cold-GET into the cluster (xact/xs/prefetch.go)
+LISTRANGE_KINDS = (ETL_LISTRANGE, COPY_LISTRANGE, DELETE_LISTRANGE, EVICT_LISTRANGE, PREFETCH_LISTRANGE)
+COPY_KINDS = (COPY_BCK, COPY_LISTRANGE, DELETE_LISTRANGE, EVICT_LISTRANGE,
+              PREFETCH_LISTRANGE)  # kinds without an ETL
+IN_PLACE_KINDS = (DELETE_LISTRANGE, EVICT_LISTRANGE, PREFETCH_LISTRANGE)  # no destination bucket
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)(?:\.\.(\d+))?\}")
 MAX_TEMPLATE_NAMES = 10_000_000
@@ -165,12 +174,17 @@ class TcbMsg:
     obj_names: list[str] | None = None
     template: str = ""
     to_bck: str = ""
+    to_provider: str = ""
     request_timeout_s: float = 0.0
     etl_args: str = ""
 
     @classmethod
-    def parse(cls, kind: str, value: Any) -> TcbMsg:
+    def parse(cls, kind: str, value: Any, *, remote_src: bool = False) -> TcbMsg:
         """Validate the JSON ``value`` of the action message.
+
+        Args:
+            remote_src: the source is a remote (``aws://``) bucket: ``synchronize`` is
+                honoured there (destination objects whose source is gone are removed).
 
         Raises:
             InvalidMsg: not an object, no ETL ``id``, bad types, ``synchronize`` with
@@ -227,12 +241,13 @@ class TcbMsg:
             tobck = value.get("tobck") or {}
             if isinstance(tobck, dict):
                 msg.to_bck = str(tobck.get("name") or "")
+                msg.to_provider = str(tobck.get("provider") or "")
             if tmpl and not msg.obj_names:
                 next(expand_template(tmpl), None)  # validates every range and the count, lazily
-        if msg.sync and not (kind in LISTRANGE_KINDS and msg.obj_names):
+        if msg.sync and not remote_src and not (kind in LISTRANGE_KINDS and msg.obj_names):
             raise InvalidMsg(
                 f"{kind}: synchronize is not supported: on an ais:// source AIStore deletes destination objects "
-                "missing from the source (xact/xs/prune.go), which aioetl does not implement yet; "
+                "missing from the source (xact/xs/prune.go), which aioetl does for remote (aws://) sources only; "
                 "run without synchronize")
         if kind in LISTRANGE_KINDS and msg.obj_names:
             msg.sync = False  # AIStore ignores it for a list (xact/xs/tcobjs.go)
@@ -259,7 +274,8 @@ class TcbMsg:
             "id": self.etl_name, "pipeline": self.pipeline, "prefix": self.prefix, "prepend": self.prepend,
             "ext": self.ext, "dry_run": self.dry_run, "force": self.force, "latest-ver": self.latest,
             "synchronize": self.sync, "num-workers": self.num_workers, "coer": self.coer,
-            "objnames": self.obj_names, "template": self.template, "tobck": {"name": self.to_bck},
+            "objnames": self.obj_names, "template": self.template,
+            "tobck": {"name": self.to_bck, "provider": self.to_provider},
             "request_timeout": go_duration(self.request_timeout_s), "etl_args": self.etl_args,
         }
 

@@ -107,17 +107,22 @@ class IllegalTransition(RuntimeError):
 
 
 class XactStats:
-    """AIStore's counting stats: objects and bytes written locally, sent out, received."""
+    """AIStore's counting stats: objects and bytes written locally, sent out, received;
+    plus ``remote-objs``/``remote-bytes``: source objects fetched from a remote backend
+    (cold GETs of an ``aws://`` source; AIStore counts these per target as "cold GET")."""
 
-    __slots__ = ("in_bytes", "in_objs", "loc_bytes", "loc_objs", "out_bytes", "out_objs")
+    __slots__ = ("in_bytes", "in_objs", "loc_bytes", "loc_objs", "out_bytes", "out_objs", "remote_bytes",
+                 "remote_objs")
 
     def __init__(self) -> None:
         self.loc_objs = self.loc_bytes = self.out_objs = self.out_bytes = self.in_objs = self.in_bytes = 0
+        self.remote_objs = self.remote_bytes = 0
 
     def to_wire(self) -> dict[str, str]:
         return {"loc-objs": str(self.loc_objs), "loc-bytes": str(self.loc_bytes),
                 "out-objs": str(self.out_objs), "out-bytes": str(self.out_bytes),
-                "in-objs": str(self.in_objs), "in-bytes": str(self.in_bytes)}
+                "in-objs": str(self.in_objs), "in-bytes": str(self.in_bytes),
+                "remote-objs": str(self.remote_objs), "remote-bytes": str(self.remote_bytes)}
 
 
 class WireNamespace(msgspec.Struct):

@@ -18,6 +18,7 @@ import structlog
 from aioetl.errors import AioetlError, BadRequest, ClientError, TransientError
 
 __all__ = ["MAX_ERR_BODY", "CommBase", "EtlFailed", "EtlRetry", "Lender", "PodResult", "Reply", "fqn_param",
+           "obj_uname", "obj_uri",
            "pod_error"]
 
 MAX_ERR_BODY = 64 * 1024
@@ -109,6 +110,19 @@ class Reply:
 _PATH_SEGMENT_SAFE = "$&+:=@"
 # the characters of the fast path: the safe ones plus the two it escapes itself
 _FAST_FQN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/%" + _PATH_SEGMENT_SAFE)
+
+
+def obj_uname(bck: str, obj: str) -> str:
+    """``ais/@#/b/o``, or ``aws/@#/b/o`` for the bucket key ``aws:b`` (the engine's
+    ``aioetl.engine.core.names.make_uname``; communicators do not import the engine)."""
+    p, sep, name = bck.partition(":")
+    return f"{p}/@#/{name}/{obj}" if sep else f"ais/@#/{bck}/{obj}"
+
+
+def obj_uri(bck: str, obj: str) -> str:
+    """``ais://b/o`` or ``aws://b/o`` for messages (as :func:`obj_uname`)."""
+    p, sep, name = bck.partition(":")
+    return f"{p}://{name}/{obj}" if sep else f"ais://{bck}/{obj}"
 
 
 def fqn_param(fqn: str) -> str:

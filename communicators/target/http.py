@@ -23,6 +23,8 @@ from aioetl.communicators.target.base import (
     Lender,
     Reply,
     fqn_param,
+    obj_uname,
+    obj_uri,
     pod_error,
 )
 from aioetl.communicators.wire.const import HEADER_ETL_RETRY_REASON, HEADER_REQ_ID, RETRY_REASON_DIRECT_PUT_TRANSIENT
@@ -111,7 +113,7 @@ class HpushComm(CommBase):
         resp = await self.open(bck, obj, fqn=fqn, etl_args=etl_args, pipeline=list(pipeline),
                                timeout_s=timeout_s, direct=direct)
         try:
-            what = f"ais://{bck}/{obj}"
+            what = obj_uri(bck, obj)
             if resp.status == 204:
                 yield Reply(self.etl, what, delivered=-1)
             else:
@@ -210,7 +212,7 @@ class HpullComm(HpushComm):
     async def open(self, bck: str, obj: str, *, fqn: str | None, body: Any = None, etl_args: str = "",
                    pipeline: list[str] | None = None, size: int | None = None,
                    timeout_s: float | None = None, direct: bool = False) -> aiohttp.ClientResponse:
-        url = f"{self.pod_url}/{quote(f'ais/@#/{bck}/{obj}', safe='@')}"
+        url = f"{self.pod_url}/{quote(obj_uname(bck, obj), safe='@')}"
         with self._lent(fqn) as fqn:
             params, headers = self._params_headers(fqn, etl_args, pipeline or [])
             return await self._send("GET", url, params, headers, None, f"{bck}/{obj}", timeout_s, direct)

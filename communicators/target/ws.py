@@ -26,6 +26,7 @@ from aioetl.communicators.target.base import (
     PodResult,
     Reply,
     fqn_param,
+    obj_uri,
     pod_error,
 )
 from aioetl.communicators.wire.const import HEADER_WORKER, HEADER_WS_IDS
@@ -346,7 +347,7 @@ class WsComm(CommBase):
         ``timeout_s`` is not used: a ws session's per-object limit is set when it is
         built (a job builds its own session with the job's limit)."""
         res = await self.transform(obj, fqn=fqn, etl_args=etl_args, pipeline=list(pipeline), direct=direct)
-        what = f"ais://{bck}/{obj}"
+        what = obj_uri(bck, obj)
         if res.data is not None:
             yield Reply(self.etl, what, data=res.data)
         else:

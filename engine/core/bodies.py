@@ -93,12 +93,15 @@ class EtlInitTarget(msgspec.Struct):
 
 
 class LsoPage(msgspec.Struct):
-    """``GET /v1/buckets/<bck>`` (target): one listing page for the gateway."""
+    """``GET /v1/buckets/<bck>`` (target): one listing page for the gateway; with
+    ``?what=present`` the ``names`` to look up, with ``?what=remote-head`` the bucket ``props``."""
 
     uuid: str | None = None
     prefix: str | None = None
     token: str | None = None
     pagesize: int | None = None
+    names: list[str] | None = None
+    props: dict[str, Any] | None = None
 
 
 class JobAbortFromTarget(msgspec.Struct):

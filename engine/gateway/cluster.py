@@ -26,7 +26,7 @@ import msgspec
 import structlog
 
 from aioetl.engine.core.smap import Smap, Snode
-from aioetl.errors import NodeUnavailable
+from aioetl.errors import AioetlError, NodeUnavailable
 
 __all__ = ["READY_TIMEOUT_S", "ClusterMap", "PeerClient", "Reply", "err_text"]
 
@@ -185,6 +185,24 @@ class PeerClient:
                 raise NodeUnavailable(f"target {t.daemon_id} unreachable: {e}") from e
 
         return list(await asyncio.gather(*(one(t) for t in targets)))
+
+    async def call(self, node: Snode, method: str, path: str, body: Any, *, timeout_s: float = 60.0) -> Any:
+        """``method path`` with a JSON ``body`` on one target; its msgpack reply decoded.
+
+        Raises:
+            AioetlError: the target's own error, with its status and message (a remote
+                backend's 403/404 reaches the client as such, not as a 5xx).
+            NodeUnavailable: the target did not answer.
+        """
+        try:
+            async with self.session.request(method, node.url + path, json=body,
+                                            timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+                data = await r.read()
+                if r.status != 200:
+                    raise AioetlError(err_text(data), status=r.status)
+                return _page_dec.decode(data)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise NodeUnavailable(f"target {node.daemon_id} unreachable: {e!r}") from e
 
     async def get(self, node: Snode, path: str, *, timeout_s: float = 15.0) -> tuple[int, bytes, str]:
         """``GET path`` on ``node``: ``(status, body, content type)``.

@@ -41,7 +41,15 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from aioetl.engine.core.names import make_uname, validate_bck_name, validate_obj_name
+from aioetl.engine.core.names import (
+    bck_key,
+    bck_uri,
+    is_remote,
+    make_uname,
+    normalize_provider,
+    split_bck_key,
+    validate_obj_name,
+)
 from aioetl.engine.core.smap import Snode
 from aioetl.engine.gateway.cluster import ClusterMap, PeerClient
 from aioetl.engine.gateway.etl import GatewayEtl
@@ -51,7 +59,7 @@ from aioetl.engine.gateway.tasks import TaskOwner
 from aioetl.engine.node.auth import GATEWAY_INTERNAL, auth_headers, cluster_auth_middleware
 from aioetl.engine.node.httpd import error_middleware, error_response, json_response, read_action, split_obj_path
 from aioetl.engine.node.serve import serve_until_signalled, write_ready_file
-from aioetl.errors import AioetlError, AlreadyExists, BadRequest, NotFound
+from aioetl.errors import AioetlError, AlreadyExists, BadRequest, NodeUnavailable, NotFound
 
 __all__ = ["Gateway", "GatewayConfig", "run_gateway"]
 
@@ -108,7 +116,8 @@ class Gateway:
         self.etlmd = EtlMd(os.path.join(gw_dir, "etlmd.json"))
         self.tasks = TaskOwner(cfg.node_id)
         self.jobs = GatewayJobs(records_dir=os.path.join(gw_dir, "jobs"), meta=self.meta, etlmd=self.etlmd,
-                                cluster=self.cluster, peers=self.peers, tasks=self.tasks)
+                                cluster=self.cluster, peers=self.peers, tasks=self.tasks,
+                                ensure_bucket=self.ensure_bucket)
         self.etl = GatewayEtl(etlmd=self.etlmd, cluster=self.cluster, peers=self.peers, tasks=self.tasks,
                               on_stopped=self.jobs.abort_etl_jobs)
         self.log = log.bind(gateway=cfg.node_id)
@@ -128,6 +137,7 @@ class Gateway:
         r.add_route("GET", "/v1/buckets/{bck}", self.bck_get)
         r.add_route("POST", "/v1/buckets/{bck:.*}", self.bck_post)
         r.add_route("DELETE", "/v1/buckets/{bck}", self.bck_delete)
+        r.add_route("PATCH", "/v1/buckets/{bck}", self.bck_patch)
         r.add_route("HEAD", "/v1/buckets/{bck}", self.bck_head)
         r.add_route("HEAD", "/v1/buckets/{bck}/{prefix:.*}", self.bck_head)
         r.add_route("*", "/v1/objects/{tail:.+}", self.redirect_object, expect_handler=self.expect_redirect)
@@ -255,21 +265,52 @@ class Gateway:
 
     # -- buckets -----------------------------------------------------------
     def _bck(self, request: web.Request) -> str:
-        bck = validate_bck_name(request.match_info["bck"])
-        provider = request.query.get("provider", "ais") or "ais"
-        if provider != "ais":
-            raise BadRequest(f'provider "{provider}" is not supported: aioetl holds ais:// buckets only')
-        return bck
+        """The bucket key of a bucket request (``?provider=ais|aws|s3``, :mod:`aioetl.engine.core.names`)."""
+        return bck_key(request.query.get("provider", ""), request.match_info["bck"])
+
+    async def ensure_bucket(self, bck: str) -> dict[str, Any]:
+        """The props of ``bck``; a remote bucket not in the BMD yet is checked with its
+        backend (by one target) and added, as AIStore adds a remote bucket on first use
+        (``ais/proxy.go`` lookup-and-add).
+
+        Raises:
+            NotFound: an ``ais://`` bucket that does not exist, or a remote one the remote
+                does not have (with the remote's reason).
+            Forbidden: the remote refused the credentials.
+            RemoteUnavailable: the remote did not answer.
+        """
+        if self.meta.has_bucket(bck) or not is_remote(bck):
+            return self.meta.require_bucket(bck)
+        await self.head_remote_bucket(bck, {})
+        await self.meta.create_bucket(bck)
+        self.log.info("remote bucket added", bck=bck_uri(bck))
+        return self.meta.require_bucket(bck)
+
+    async def head_remote_bucket(self, bck: str, props: dict[str, Any]) -> None:
+        """Ask a target (HRW by bucket) whether the remote has ``bck`` and lets us in."""
+        targets = self.cluster.targets()
+        if not targets:
+            raise NodeUnavailable("no targets in the cluster map")
+        t = self.cluster.smap.hrw_target(make_uname(bck, ""))
+        await self.peers.call(t, "GET", f"/v1/buckets/{bck}?what=remote-head", {"props": props})
 
     async def bck_post(self, request: web.Request) -> web.StreamResponse:
         bck = self._bck(request)
         action, value = await read_action(request)
         if action == "create-bck":
+            if is_remote(bck):
+                raise BadRequest(f'cannot create remote bucket "{bck_uri(bck)}" through aioetl: create it in the '
+                                 "remote store; aioetl adds it on first use (HEAD, list, GET)")
             if self.meta.has_bucket(bck):
-                raise AlreadyExists(f'bucket "ais://{bck}" already exists')
+                raise AlreadyExists(f'bucket "{bck_uri(bck)}" already exists')
             await self.meta.create_bucket(bck)
             return web.Response(status=200)
         if action in ("etl-bck", "etl-listrange", "copy-bck", "copy-listrange"):
+            await self.ensure_bucket(bck)
+            return await self.jobs.start(request, bck, action, value)
+        if action == "prefetch-listrange":
+            self._require_remote(bck, action)
+            await self.ensure_bucket(bck)
             return await self.jobs.start(request, bck, action, value)
         raise BadRequest(f'invalid action "{action}" for POST /v1/buckets/{bck}')
 
@@ -277,25 +318,77 @@ class Gateway:
         bck = self._bck(request)
         action, value = await read_action(request, required=False)
         if action == "delete-listrange":
+            await self.ensure_bucket(bck)
             return await self.jobs.start(request, bck, action, value)
+        if action == "evict-listrange":
+            self._require_remote(bck, action)
+            await self.ensure_bucket(bck)
+            return await self.jobs.start(request, bck, action, value)
+        if action == "evict-remote-bck":
+            self._require_remote(bck, action)
+            self.meta.require_bucket(bck)
+            keep_md = request.query.get("keep_bck_md", "").lower() == "true"
+            await self.meta.evict_bucket(bck, keep_md=keep_md)
+            return web.Response(status=200)
         if action not in ("", "destroy-bck"):
             raise BadRequest(f'invalid action "{action}" for DELETE /v1/buckets/{bck}')
+        if is_remote(bck):
+            raise BadRequest(f'cannot destroy remote bucket "{bck_uri(bck)}": evict it instead '
+                             "(evict-remote-bck drops the cached copies and keeps the remote)")
         self.meta.require_bucket(bck)
         await self.meta.destroy_bucket(bck)
+        return web.Response(status=200)
+
+    @staticmethod
+    def _require_remote(bck: str, action: str) -> None:
+        if not is_remote(bck):
+            raise BadRequest(f'{action}: "{bck_uri(bck)}" is not a remote bucket (only remote buckets are '
+                             "evicted or prefetched)")
+
+    async def bck_patch(self, request: web.Request) -> web.StreamResponse:
+        """``PATCH /v1/buckets/<b>`` ``set-bprops``: for a remote bucket, ``extra.aws.endpoint``
+        and ``extra.aws.profile`` (AIStore ``cmn.ExtraProps``); the new props are checked
+        against the remote before they are kept. Other props are refused with 400."""
+        bck = self._bck(request)
+        action, value = await read_action(request)
+        if action not in ("set-bprops", "reset-bprops"):
+            raise BadRequest(f'invalid action "{action}" for PATCH /v1/buckets/{bck_uri(bck)}')
+        props = dict(await self.ensure_bucket(bck))
+        if action == "reset-bprops":
+            props.pop("extra", None)
+        else:
+            if not isinstance(value, dict):
+                raise BadRequest("set-bprops: expected the props to change as a JSON object")
+            unknown = sorted(set(value) - {"extra"})
+            aws = (value.get("extra") or {}).get("aws") if isinstance(value.get("extra"), dict) else None
+            if unknown or not isinstance(aws, dict) or not is_remote(bck):
+                raise BadRequest(f"set-bprops: aioetl keeps only extra.aws.endpoint and extra.aws.profile of a "
+                                 f"remote bucket; refused: {', '.join(unknown) or 'extra'}")
+            bad = sorted(set(aws) - {"endpoint", "profile"})
+            if bad or not all(isinstance(v, str) for v in aws.values()):
+                raise BadRequest(f"set-bprops: extra.aws takes string endpoint and profile; refused: {bad or aws}")
+            cur = dict((props.get("extra") or {}).get("aws") or {})
+            cur.update(aws)
+            props["extra"] = {"aws": cur}
+            await self.head_remote_bucket(bck, props)
+        await self.meta.set_bucket_props(bck, props)
         return web.Response(status=200)
 
     async def bck_head(self, request: web.Request) -> web.StreamResponse:
         """Bucket props; with ``presence`` (the SDK's ``info()``), an async summary:
         202 + ``Ais-Xaction-Id`` first, then 200 + ``Ais-Bucket-Summ`` when asked with ``uuid``."""
         bck = self._bck(request)
-        props = self.meta.require_bucket(bck)
+        props = await self.ensure_bucket(bck)
+        provider, name = split_bck_key(bck)
         doc = {
-            "provider": "ais",
-            "name": bck,
+            "provider": provider,
+            "name": name,
             "created": props["created"],
             "bid": props["bid"],
             "checksum": {"type": "xxhash"},
         }
+        if props.get("extra"):
+            doc["extra"] = props["extra"]
         headers = {"Ais-Bucket-Props": json.dumps(doc)}
         if "presence" not in request.query:
             return web.Response(status=200, headers=headers)
@@ -321,41 +414,50 @@ class Gateway:
         return got[1]
 
     async def bucket_summary(self, bck: str, prefix: str = "") -> dict[str, Any]:
-        """Objects and bytes of ``bck`` (with ``prefix``) across all targets, as AIStore's BsummResult."""
+        """Objects and bytes of ``bck`` (with ``prefix``) across all targets, as AIStore's BsummResult;
+        for a remote bucket also the remote's count and bytes (one listing walk by one target)."""
         pages = await self.peers.gather_pages("GET", f"/v1/buckets/{bck}?what=summary", {"prefix": prefix})
+        r_count = r_size = 0
+        if is_remote(bck):
+            t = self.cluster.smap.hrw_target(make_uname(bck, ""))
+            rs = await self.peers.call(t, "GET", f"/v1/buckets/{bck}?what=remote-summary", {"prefix": prefix},
+                                       timeout_s=600)
+            r_count, r_size = int(rs["count"]), int(rs["size"])
+        provider, name = split_bck_key(bck)
         count = sum(int(p["count"]) for p in pages)
         size = sum(int(p["size"]) for p in pages)
         disks = sum(int(p["disks"]) for p in pages)
         mn = min((int(p["min"]) for p in pages if p["count"]), default=0)
         mx = max((int(p["max"]) for p in pages if p["count"]), default=0)
         return {
-            "name": bck, "provider": "ais", "namespace": {"uuid": "", "name": ""},
-            "ObjCount": {"obj_count_present": str(count), "obj_count_remote": "0"},
+            "name": name, "provider": provider, "namespace": {"uuid": "", "name": ""},
+            "ObjCount": {"obj_count_present": str(count), "obj_count_remote": str(r_count)},
             "ObjSize": {"obj_min_size": mn, "obj_avg_size": size // count if count else 0, "obj_max_size": mx},
             "TotalSize": {"size_on_disk": str(size), "size_all_present_objs": str(size),
-                          "size_all_remote_objs": "0", "total_disks_size": str(disks)},
+                          "size_all_remote_objs": str(r_size), "total_disks_size": str(disks)},
             "used_pct": int(100 * size / disks) if disks else 0,
             "is_present": True,
         }
 
     async def list_buckets(self, request: web.Request) -> web.StreamResponse:
-        provider = request.query.get("provider", "")
-        if provider not in ("", "ais"):
-            return json_response([])
-        out = [
-            {"name": name, "provider": "ais", "namespace": {"uuid": "", "name": ""}}
-            for name in self.meta.bucket_names()
-        ]
+        """The buckets in the BMD, all or of one ``?provider=`` (remote ones once added)."""
+        want = request.query.get("provider", "")
+        want = normalize_provider(want) if want else ""
+        out = []
+        for key in self.meta.bucket_names():
+            provider, name = split_bck_key(key)
+            if not want or provider == want:
+                out.append({"name": name, "provider": provider, "namespace": {"uuid": "", "name": ""}})
         return json_response(out)
 
     async def bck_get(self, request: web.Request) -> web.StreamResponse:
         bck = self._bck(request)
         action, value = await read_action(request, required=False)
         if action in ("", "list"):
-            self.meta.require_bucket(bck)
+            await self.ensure_bucket(bck)
             return await self.list_objects(bck, value if value is not None else {})
         if action == "summary-bck":
-            self.meta.require_bucket(bck)
+            await self.ensure_bucket(bck)
             v = value if isinstance(value, dict) else {}
             if not v.get("uuid"):
                 uuid = self._stash_summary(await self.bucket_summary(bck, str(v.get("prefix") or "")))
@@ -388,6 +490,9 @@ class Gateway:
             raise BadRequest(f"invalid list flags {msg.get('flags')!r}") from None
         name_only = bool(flags & (1 << 4))  # apc.LsNameOnly
         name_size = bool(flags & (1 << 5))  # apc.LsNameSize
+        if is_remote(bck) and not flags & (1 << 0):  # not apc.LsCached: list the remote
+            return await self.list_remote(bck, prefix, token, pagesize, uuid, props,
+                                          not_cached=bool(flags & (1 << 9)), name_only=name_only or name_size)
         body = {"uuid": uuid, "prefix": prefix, "token": token, "pagesize": pagesize}
         pages = await self.peers.gather_pages("GET", f"/v1/buckets/{bck}", body)
         more = any(p["more"] for p in pages)
@@ -418,12 +523,60 @@ class Gateway:
         res = {"UUID": uuid, "ContinuationToken": next_token, "Entries": out_entries, "Flags": 0}
         return web.Response(body=_lso_enc.encode(res), content_type="application/msgpack")
 
+    async def list_remote(self, bck: str, prefix: str, token: str, pagesize: int, uuid: str, props: str, *,
+                          not_cached: bool, name_only: bool) -> web.StreamResponse:
+        """One page of a remote bucket: the remote's page (read by one target, HRW by
+        bucket) with each entry's cached status from its owner (``EntryIsCached``, and the
+        cached copy's checksum/version/atime/custom when it is cached); ``not_cached``
+        (``apc.LsNotCached``) keeps only the others. The continuation token is the last
+        name the remote gave, so paging walks the remote once."""
+        t = self.cluster.smap.hrw_target(make_uname(bck, ""))
+        page = await self.peers.call(t, "GET", f"/v1/buckets/{bck}?what=remote-page",
+                                     {"prefix": prefix, "token": token, "pagesize": min(pagesize, 1000)})
+        entries = page["entries"]
+        names = [e[0] for e in entries]
+        present: dict[str, list[Any]] = {}
+        if names:
+            for got in await self.peers.gather_pages("GET", f"/v1/buckets/{bck}?what=present", {"names": names}):
+                present.update(got["present"])
+        want_all = not props or "all" in props
+        out = []
+        for name, size, etag, mtime_ns in entries:
+            loc = present.get(name)
+            if not_cached and loc is not None:
+                continue
+            if name_only:
+                out.append({"n": name, "s": size, "f": (1 << 6) if loc is not None else 0})
+                continue
+            ent: dict[str, Any] = {"n": name, "s": size, "f": (1 << 6) if loc is not None else 0}
+            if loc is not None:
+                _size, cksum, version, atime_ns, custom = loc
+                ent["c"] = 1
+                if want_all or "checksum" in props:
+                    ent["cs"] = cksum
+                if want_all or "version" in props:
+                    ent["v"] = str(version)
+                if want_all or "atime" in props:
+                    ent["a"] = time.strftime("%d %b %y %H:%M UTC", time.gmtime(atime_ns / 1e9))
+                if custom and (want_all or "custom" in props):
+                    ent["m"] = ", ".join(f"{k}={v}" for k, v in sorted(custom.items()))
+            else:
+                if want_all or "checksum" in props:
+                    ent["cs"] = etag
+                if want_all or "atime" in props:
+                    ent["a"] = time.strftime("%d %b %y %H:%M UTC", time.gmtime(mtime_ns / 1e9))
+            out.append(ent)
+        next_token = names[-1] if (page["more"] and names) else ""
+        res = {"UUID": uuid, "ContinuationToken": next_token, "Entries": out, "Flags": 0}
+        return web.Response(body=_lso_enc.encode(res), content_type="application/msgpack")
+
     # -- objects -----------------------------------------------------------
     async def redirect_object(self, request: web.Request) -> web.StreamResponse:
-        """307 to the HRW owner, after checking the names and the bucket."""
-        bck, obj = split_obj_path(request)
-        validate_bck_name(bck)
-        self.meta.require_bucket(bck)
+        """307 to the HRW owner, after checking the names and the bucket (a remote
+        bucket is added on first use, :meth:`ensure_bucket`)."""
+        name, obj = split_obj_path(request)
+        bck = bck_key(request.query.get("provider", ""), name)
+        await self.ensure_bucket(bck)
         validate_obj_name(obj)
         q = request.query
         if q.get("etl_name"):

@@ -35,12 +35,13 @@ import json
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from aioetl.engine.core.names import parse_uname, validate_bck_name
+from aioetl.engine.core.names import bck_key, bck_uri, is_remote, uname_key
 from aioetl.engine.core.smap import Snode
 from aioetl.engine.gateway.cluster import ClusterMap, PeerClient, Reply, err_text
 from aioetl.engine.gateway.metadata import ClusterMeta, EtlMd
@@ -48,7 +49,7 @@ from aioetl.engine.gateway.tasks import TaskOwner
 from aioetl.engine.node.httpd import json_response, read_action, read_json
 from aioetl.errors import BadRequest, NotFound
 from aioetl.xactions.records import atomic_write_json
-from aioetl.xactions.tcb import COPY_BCK, DELETE_LISTRANGE, ETL_BCK, LISTRANGE_KINDS, TcbMsg
+from aioetl.xactions.tcb import COPY_BCK, ETL_BCK, IN_PLACE_KINDS, LISTRANGE_KINDS, TcbMsg
 from aioetl.xactions.xact import GO_ZERO_TIME, State, Xaction, new_xid, rfc3339
 
 __all__ = ["RESTART_REASON", "GatewayJobs", "aggregate_status", "ended_snap", "lost_reason", "missing_reason",
@@ -199,11 +200,13 @@ class GatewayJobs:
         cluster: the targets a job starts on.
         peers: how the targets are called.
         tasks: owner of the watcher task.
+        ensure_bucket: the gateway's bucket lookup that adds a remote bucket on first use.
     """
 
     def __init__(self, *, records_dir: str, meta: ClusterMeta, etlmd: EtlMd, cluster: ClusterMap, peers: PeerClient,
-                 tasks: TaskOwner) -> None:
+                 tasks: TaskOwner, ensure_bucket: Callable[[str], Awaitable[dict[str, Any]]] | None = None) -> None:
         self.dir = records_dir
+        self.ensure_bucket = ensure_bucket or self._require
         self.meta = meta
         self.etlmd = etlmd
         self.cluster = cluster
@@ -211,6 +214,9 @@ class GatewayJobs:
         self.tasks = tasks
         self.jobs: dict[str, dict[str, Any]] = self._load()
         self._watcher: asyncio.Task[None] | None = None
+
+    async def _require(self, bck: str) -> dict[str, Any]:
+        return self.meta.require_bucket(bck)
 
     # -- records -------------------------------------------------------------------
     def _load(self) -> dict[str, dict[str, Any]]:
@@ -339,7 +345,7 @@ class GatewayJobs:
             BadRequest: an invalid message or destination; a target refused the job.
             NotFound: the source bucket or an ETL of the pipeline is missing or not Running.
         """
-        msg = TcbMsg.parse(action, value)
+        msg = TcbMsg.parse(action, value, remote_src=is_remote(src))
         self.meta.require_bucket(src)
         if msg.etl_name:
             self.etlmd.require_running(msg.etl_name)
@@ -349,20 +355,22 @@ class GatewayJobs:
             bck_to = request.query.get("bck_to", "")
             if not bck_to:
                 raise BadRequest(f"{action}: missing destination (query bck_to=ais/@#/<bucket>/)")
-            provider, dst, _ = parse_uname(bck_to.rstrip("/") + "/")
-            if provider != "ais":
-                raise BadRequest(f'provider "{provider}" is not supported')
+            dst, _ = uname_key(bck_to.rstrip("/") + "/")
+        elif action in IN_PLACE_KINDS:
+            dst = src
         else:
-            dst = msg.to_bck or src
-        validate_bck_name(dst)
-        if dst == src and not msg.dry_run and action != DELETE_LISTRANGE:
-            raise BadRequest(f'{action}: source and destination are the same bucket "ais://{src}" '
+            dst = bck_key(msg.to_provider, msg.to_bck) if msg.to_bck else src
+        if dst == src and not msg.dry_run and action not in IN_PLACE_KINDS and not is_remote(src):
+            raise BadRequest(f'{action}: source and destination are the same bucket "{bck_uri(src)}" '
                              "(only a dry run may transform a bucket onto itself)")
         targets = self.cluster.targets()
         if not targets:
             raise BadRequest(f"{action}: no targets in the cluster map")
         if not self.meta.has_bucket(dst):
-            await self.meta.create_bucket(dst, like=src)
+            if is_remote(dst):
+                await self.ensure_bucket(dst)  # a remote destination must exist in the remote
+            else:
+                await self.meta.create_bucket(dst, like=src)
         xid = new_xid("tco-" if action in LISTRANGE_KINDS else "")
         targets = self.cluster.targets()
         wire = msg.to_wire()

@@ -29,6 +29,7 @@ import msgspec
 import structlog
 
 from aioetl.engine.core.etl import STAGE_RUNNING, EtlStage, etl_not_found
+from aioetl.engine.core.names import split_bck_key
 from aioetl.engine.core.smap import Snode
 from aioetl.engine.gateway.cluster import ClusterMap, PeerClient
 from aioetl.errors import bck_not_found
@@ -59,8 +60,9 @@ class Bmd(msgspec.Struct):
 
     Attributes:
         version: bumped on every change of ``buckets``.
-        buckets: bucket name -> props, AIStore's props passed through as they are
-            (``provider``, ``created`` in ns, ``bid``, ...).
+        buckets: bucket key (``b``, or ``aws:b`` for a remote bucket,
+            :mod:`aioetl.engine.core.names`) -> props, AIStore's props passed through as
+            they are (``provider``, ``created`` in ns, ``bid``, ``extra``...).
         cluster_uuid: set when the BMD is first made; absent (``UNSET``) in a BMD
             that never had one, and then left out of its JSON.
     """
@@ -166,9 +168,11 @@ class ClusterMeta:
         return props
 
     async def create_bucket(self, bck: str, like: str = "") -> None:
-        """Add ``bck`` (props copied from ``like`` if given), persist, push to targets."""
-        props = {"provider": "ais", "created": time.time_ns(), "bid": secrets.randbits(48)}
-        if like and like in self.bmd.buckets:
+        """Add ``bck`` (props copied from ``like`` if given and of the same provider),
+        persist, push to targets."""
+        provider = split_bck_key(bck)[0]
+        props: dict[str, Any] = {"provider": provider, "created": time.time_ns(), "bid": secrets.randbits(48)}
+        if like and like in self.bmd.buckets and split_bck_key(like)[0] == provider:
             props = {**self.bmd.buckets[like], "created": props["created"], "bid": props["bid"]}
 
         def add(b: dict[str, dict[str, Any]]) -> None:
@@ -185,6 +189,29 @@ class ClusterMeta:
 
         await self.update_buckets(drop)
         log.info("bucket destroyed", bck=bck)
+
+    async def evict_bucket(self, bck: str, *, keep_md: bool) -> None:
+        """Drop every cached copy of remote bucket ``bck`` (AIStore ``evict-remote-bck``):
+        without ``keep_md`` the bucket leaves the BMD (it is added again on next use);
+        with it, it stays with a new ``bid``, which makes every target drop its copies."""
+
+        def evict(b: dict[str, dict[str, Any]]) -> None:
+            if keep_md and bck in b:
+                b[bck] = {**b[bck], "bid": secrets.randbits(48)}
+            else:
+                b.pop(bck, None)
+
+        await self.update_buckets(evict)
+        log.info("remote bucket evicted", bck=bck, keep_md=keep_md)
+
+    async def set_bucket_props(self, bck: str, props: dict[str, Any]) -> None:
+        """Replace the props of ``bck`` (same ``bid``: nothing is dropped), persist, push."""
+
+        def put(b: dict[str, dict[str, Any]]) -> None:
+            if bck in b:
+                b[bck] = {**props, "bid": b[bck]["bid"]}
+
+        await self.update_buckets(put)
 
     async def update_buckets(self, change: Callable[[dict[str, dict[str, Any]]], None]) -> None:
         """Apply ``change`` to the buckets, bump the BMD version, persist, push to every target."""

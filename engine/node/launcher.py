@@ -180,6 +180,9 @@ class LocalCluster:
         start_timeout_s: how long to wait for every node to be ready.
         detach: start nodes in their own sessions and do not stop them when
             this object is dropped (``aioetl cluster up --detach``).
+        env: environment variables to add for the nodes (e.g. ``AWS_ENDPOINT_URL`` and
+            credentials of a remote backend); the nodes inherit this process's
+            environment otherwise.
 
     Raises:
         ClusterError: on start, if a cluster already runs on ``data_dir``, the
@@ -198,8 +201,10 @@ class LocalCluster:
         start_timeout_s: float = 60.0,
         detach: bool = False,
         log_level: str = "info",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = os.path.abspath(data_dir)
+        self.env = dict(env or {})
         self.want_targets = targets
         self.port = port
         self.mpaths = mountpaths_per_target
@@ -260,7 +265,7 @@ class LocalCluster:
         logs = os.path.join(self.data_dir, "run", "logs")
         os.makedirs(logs, exist_ok=True)
         log_path = os.path.join(logs, f"{node_id}.log")
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env.pop(ENV_SECRET, None)  # nodes read the file, never a variable a child could inherit
         load_or_create_secret(self.data_dir)
         cmd = [sys.executable, "-m", "aioetl.engine.node.main", role, "--id", node_id, "--data", self.data_dir,

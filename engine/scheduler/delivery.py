@@ -28,9 +28,10 @@ from typing import Any
 from urllib.parse import quote
 
 from aioetl.communicators.target.comm import Reply
-from aioetl.engine.core.names import make_uname
+from aioetl.engine.core.names import is_remote, make_uname
 from aioetl.engine.core.smap import Snode
 from aioetl.engine.target.peers import Peers
+from aioetl.engine.target.remote import RemoteObjects
 from aioetl.engine.target.services import ClusterView
 from aioetl.engine.target.storage import LomMD, Store, write_in_thread
 
@@ -80,14 +81,19 @@ class Sinks:
     Args:
         store: this target's object store.
         peers: the intra-cluster client.
+        remote: remote buckets' write-through (an output to an ``aws://`` bucket is
+            uploaded first, then cached, :mod:`aioetl.engine.target.remote`).
     """
 
-    def __init__(self, store: Store, peers: Peers) -> None:
+    def __init__(self, store: Store, peers: Peers, remote: RemoteObjects | None = None) -> None:
         self.store = store
         self.peers = peers
+        self.remote = remote
 
     async def put_local(self, bck: str, obj: str, data: bytes) -> LomMD:
         """Write ``data`` as ``bck/obj`` here (inline on tmpfs, fsync in a thread on a disk)."""
+        if self.remote is not None and is_remote(bck):
+            return await self.remote.put_bytes(bck, obj, data)
         if self.store.mountpath_of(bck, obj).volatile:
             return self.store.put_bytes(bck, obj, data)
         return await write_in_thread(self.store.put_bytes, bck, obj, data)
@@ -110,8 +116,9 @@ class Sinks:
         try:
             async for chunk in chunks:
                 wf.write(chunk)
-            md = wf.finalize() if wf.mpath.volatile else \
-                await write_in_thread(wf.finalize)
+            custom = await self.remote.write_through(wf) if self.remote is not None and is_remote(bck) else None
+            md = wf.finalize(custom) if wf.mpath.volatile else \
+                await write_in_thread(wf.finalize, custom)
         except BaseException:
             wf.abort()
             raise

@@ -42,17 +42,27 @@ from aiohttp import web
 
 from aioetl.communicators.target.comm import Communicator, EtlFailed, EtlRetry
 from aioetl.engine.core.etl import WS, EtlStage
+from aioetl.engine.core.names import bck_uri, is_remote
 from aioetl.engine.node.httpd import json_response, read_json
 from aioetl.engine.scheduler.delivery import Delivery, Route, Sinks, direct_put_hop, plan
 from aioetl.engine.scheduler.receipts import Receipts
 from aioetl.engine.target.etl import EtlInstance, EtlManager
 from aioetl.engine.target.peers import Peers
+from aioetl.engine.target.remote import RemoteObjects
 from aioetl.engine.target.services import ClusterView, NodeInfo
 from aioetl.engine.target.storage import Mountpath, Store
 from aioetl.errors import AioetlError, BadRequest, InsufficientStorage, NotFound, TransientError
 from aioetl.xactions.queue import ByteQueue, QueueClosed
 from aioetl.xactions.records import JobRecords
-from aioetl.xactions.tcb import DELETE_LISTRANGE, LISTRANGE_KINDS, TcbMsg, expand_template
+from aioetl.xactions.tcb import (
+    DELETE_LISTRANGE,
+    EVICT_LISTRANGE,
+    IN_PLACE_KINDS,
+    LISTRANGE_KINDS,
+    PREFETCH_LISTRANGE,
+    TcbMsg,
+    expand_template,
+)
 from aioetl.xactions.xact import State, Xaction, validate_xid
 
 __all__ = ["OfflineJobs", "resolve_num_workers"]
@@ -97,6 +107,8 @@ class _Job:
         # destination target URL -> {"<dst bck>/<dst obj>": source object name}
         self.claims: dict[str, dict[str, str]] = {}
         self.failed = 0  # objects handed to the workers that ended as errors
+        self.remote_src = is_remote(xact.src_bck)
+        self.src_names: set[str] = set()  # synchronize: every source name the remote listed
 
 
 class OfflineJobs:
@@ -108,18 +120,21 @@ class OfflineJobs:
         store: its object store.
         peers: intra-cluster client (PUTs to owners, settlement, gateway aborts).
         receipts: the receive side of every job's direct puts here.
+        remote: remote buckets (a job's ``aws://`` source objects are fetched by their
+            owner as the job reaches them; outputs to ``aws://`` are written through).
 
     ``etls`` (the ETL registry) is set by the target after both exist: each
     needs the other, the registry only through :class:`.services.JobControl`.
     """
 
     def __init__(self, node: NodeInfo, cluster: ClusterView, store: Store, peers: Peers,
-                 receipts: Receipts) -> None:
+                 receipts: Receipts, remote: RemoteObjects | None = None) -> None:
         self.node = node
         self.cluster = cluster
         self.store = store
         self.peers = peers
-        self.sinks = Sinks(store, peers)
+        self.remote = remote or RemoteObjects(store, cluster)
+        self.sinks = Sinks(store, peers, self.remote)
         self.etls: EtlManager | None = None
         self.jobs: dict[str, _Job] = {}
         self.receipts = receipts
@@ -174,7 +189,7 @@ class OfflineJobs:
             BadRequest: the job exists here already. NotFound: the ETL or a pipeline stage.
         """
         validate_xid(xid)  # before report_path() and the job record build paths from it
-        msg = TcbMsg.parse(kind, wire_msg)
+        msg = TcbMsg.parse(kind, wire_msg, remote_src=is_remote(src))
         inst = self._etls.get(msg.etl_name) if msg.etl_name else None  # none: a plain copy
         self._etls.pipeline_urls(msg.pipeline)  # 404 if a stage is missing here
         self._gc()
@@ -304,6 +319,8 @@ class OfflineJobs:
                     tg.create_task(self._worker(job, queue))
             await self._settle_all(job)
             self._check_outcomes(job)
+            if job.msg.sync and job.remote_src and not job.msg.dry_run and x.running:
+                await self._prune(job)
             if x.running:
                 x.transition(State.DRAINING)
                 x.transition(State.FINISHED)
@@ -319,6 +336,29 @@ class OfflineJobs:
                 with contextlib.suppress(Exception):
                     await job.comm.close()
 
+    async def _prune(self, job: _Job) -> None:
+        """``synchronize``: remove the destination objects this target owns whose source
+        the remote no longer has (AIStore ``xact/xs/prune.go``); each target listed the
+        whole remote source, so it knows every source name. Counted in ``loc-objs``."""
+        x, msg = job.xact, job.msg
+        keep = {msg.to_name(n) for n in job.src_names}
+        dst = x.dst_bck
+        if is_remote(dst):
+            be, props = self.remote.backend(dst)
+            doomed = []
+            async for batch in be.list_all(dst, props, msg.prefix):
+                doomed += [e.name for e in batch if e.name not in keep and self._owned(dst, e.name)]
+            for name in doomed:
+                with contextlib.suppress(NotFound):
+                    await self.remote.delete(dst, name)
+        else:
+            doomed = [n for n, _ in self.store.iter_names(dst, msg.prefix) if n not in keep]
+            for name in doomed:
+                with contextlib.suppress(NotFound):
+                    self.store.delete(dst, name)
+        if doomed:
+            x.log.info("pruned destination objects whose source is gone", count=len(doomed))
+
     async def _abort_cluster(self, xid: str, err: str) -> None:
         """Ask the gateway to abort ``xid`` on every target (first error without ``coer``)."""
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, RuntimeError):  # RuntimeError: shutting down
@@ -331,6 +371,7 @@ class OfflineJobs:
     async def _names(self, job: _Job) -> AsyncIterator[tuple[str, str, int]]:
         """``(name, fqn, size)`` of the objects this target transforms."""
         msg, src = job.msg, job.xact.src_bck
+        remote = is_remote(src)
         if msg.kind in LISTRANGE_KINDS and (msg.obj_names or msg.template):
             names = msg.obj_names if msg.obj_names else expand_template(msg.template)
             explicit = bool(msg.obj_names)
@@ -338,15 +379,33 @@ class OfflineJobs:
                 if not self._owned(src, name):
                     continue
                 fqn = self.store.fqn(src, name)
+                if remote:  # cached or not: the worker fetches it (a template's missing names: skipped there)
+                    yield name, fqn, -1 if explicit else -2
+                    continue
                 try:
                     size = os.stat(fqn).st_size
                 except OSError:
                     if explicit:
-                        job.xact.add_obj_err(f"ais://{src}/{name}", f'object "ais://{src}/{name}" does not exist', 404)
+                        job.xact.add_obj_err(bck_uri(src, name), f'object "{bck_uri(src, name)}" does not exist', 404)
                         if not msg.coer:
-                            raise NotFound(f'object "ais://{src}/{name}" does not exist') from None
+                            raise NotFound(f'object "{bck_uri(src, name)}" does not exist') from None
                     continue
                 yield name, fqn, size
+            return
+        if remote and msg.kind not in IN_PLACE_KINDS:
+            # every object of the remote, cached or not (AIStore's "all objects, not only present
+            # ones"): each target lists the remote and takes the names HRW gives it
+            n = b = 0
+            be, props = self.remote.backend(src)
+            async for batch in be.list_all(src, props, msg.prefix):
+                for e in batch:
+                    if msg.sync:
+                        job.src_names.add(e.name)
+                    if self._owned(src, e.name):
+                        n += 1
+                        b += e.size
+                        yield e.name, self.store.fqn(src, e.name), e.size
+            job.xact.total_objs, job.xact.total_bytes = n, b
             return
         # joggers: one per mountpath, each walking its directory tree in batches
         for mp in self.store.mountpaths:
@@ -382,6 +441,8 @@ class OfflineJobs:
         msg, src = job.msg, job.xact.src_bck
         if msg.kind in LISTRANGE_KINDS and (msg.obj_names or msg.template):
             return
+        if is_remote(src) and msg.kind not in IN_PLACE_KINDS:
+            return  # counted by the producer's listing (no second walk of the remote)
         n = b = 0
         for mp in self.store.mountpaths:
             async for batch in self._walk_mp(mp, src, msg.prefix):
@@ -398,18 +459,46 @@ class OfflineJobs:
             except QueueClosed:
                 return
             try:
+                if size < 0:  # a remote source object, not looked at yet
+                    size = await self._fetch_src(job, name, missing_ok=size == -2)
+                    if size < 0:
+                        continue  # a template name the remote does not have: skipped, as for ais://
+                elif job.remote_src:
+                    await self._fetch_src(job, name)
                 await self._one(job, name, fqn, size)
                 x.done_objs += 1
                 x.done_bytes += size
             except (TimeoutError, AioetlError, OSError, aiohttp.ClientError) as e:
                 # out of space too: a per-object error naming the target
                 text, code = (e.message, e.status) if isinstance(e, AioetlError) else (f"{type(e).__name__}: {e}", 500)
-                x.add_obj_err(f"ais://{x.src_bck}/{name}", text, code)
+                x.add_obj_err(bck_uri(x.src_bck, name), text, code)
                 job.failed += 1
                 x.done_objs += 1
                 x.done_bytes += size
                 if not msg.coer:
                     raise
+
+    async def _fetch_src(self, job: _Job, name: str, *, missing_ok: bool = False) -> int:
+        """Make sure this target has the remote source object ``name`` cached (fetched
+        now if not, or if changed with ``latest-ver``); its size, or -1 when it does not
+        exist and ``missing_ok``. Fetches count in ``remote-objs``/``remote-bytes``.
+
+        Raises:
+            NotFound: the remote does not have it. RemoteError, Forbidden: the remote failed.
+        """
+        x, msg = job.xact, job.msg
+        if msg.kind in (EVICT_LISTRANGE, DELETE_LISTRANGE):
+            return 0  # nothing to read
+        try:
+            md, fetched = await self.remote.ensure(x.src_bck, name, latest=msg.latest or msg.sync)
+        except NotFound:
+            if missing_ok:
+                return -1
+            raise
+        if fetched:
+            x.stats.remote_objs += 1
+            x.stats.remote_bytes += md.size
+        return md.size
 
     async def _one(self, job: _Job, name: str, fqn: str, size: int) -> None:
         """Transform one object and see it to exactly one outcome: written here, PUT to its
@@ -475,7 +564,7 @@ class OfflineJobs:
                     arrived, why = await self._settle_now(job, d.owner.url, key, revoke=False)
                     if arrived:
                         return
-                    text = (f'ETL error: etl job "{inst.spec.name}": direct put of ais://{key} to '
+                    text = (f'ETL error: etl job "{inst.spec.name}": direct put of {bck_uri(key)} to '
                             f"{d.owner.url} reported as 0 bytes delivered, and it did not arrive")
                     if not why:  # nothing known against it: send it again
                         raise EtlRetry(text, status=502)
@@ -555,10 +644,10 @@ class OfflineJobs:
             x.stats.out_bytes += size
         for key in missing:
             detail = f" ({reasons[key]})" if key in reasons else ""
-            x.add_obj_err(f"ais://{x.src_bck}/{claims[key]}", f"direct put of ais://{key} {why}{detail}", 502)
+            x.add_obj_err(bck_uri(x.src_bck, claims[key]), f"direct put of {bck_uri(key)} {why}{detail}", 502)
             job.failed += 1
         if missing and not job.msg.coer:
-            raise EtlFailed(f"direct put of ais://{missing[0]} {why}", status=502)
+            raise EtlFailed(f"direct put of {bck_uri(missing[0])} {why}", status=502)
 
     async def _settle_now(self, job: _Job, url: str, key: str, revoke: bool) -> tuple[bool, str]:
         """Settle one key at once: ``(True, "")`` (and counted ``out``) if it arrived, else
@@ -581,7 +670,18 @@ class OfflineJobs:
         """copy-bck / copy-listrange: the same destinations, no ETL; delete-listrange: remove."""
         x, msg = job.xact, job.msg
         if msg.kind == DELETE_LISTRANGE:
-            self.store.delete(x.src_bck, name)
+            if is_remote(x.src_bck):
+                await self.remote.delete(x.src_bck, name)
+            else:
+                self.store.delete(x.src_bck, name)
+            x.stats.loc_objs += 1
+            x.stats.loc_bytes += size
+            return
+        if msg.kind == EVICT_LISTRANGE:
+            if self.remote.evict(x.src_bck, name):
+                x.stats.loc_objs += 1
+            return
+        if msg.kind == PREFETCH_LISTRANGE:  # _fetch_src did the work
             x.stats.loc_objs += 1
             x.stats.loc_bytes += size
             return

@@ -34,7 +34,7 @@ from aiohttp import web
 
 from aioetl.communicators.target.comm import CommFactory, Communicator, EtlFailed, Reply, make_communicator
 from aioetl.engine.core.etl import EtlEvent, EtlSpec, EtlStage, etl_not_found, next_stage, parse_init_msg
-from aioetl.engine.core.names import make_uname, parse_uname, validate_bck_name, validate_obj_name
+from aioetl.engine.core.names import bck_uri, is_remote, make_uname, uname_key, validate_obj_name
 from aioetl.engine.node.httpd import json_response, read_json
 from aioetl.engine.scheduler.delivery import Sinks, plan
 from aioetl.engine.target.objects import ObjectIO
@@ -42,7 +42,7 @@ from aioetl.engine.target.peers import Peers
 from aioetl.engine.target.pods import LocalPod, PodRuntime
 from aioetl.engine.target.services import ClusterView, JobControl, NodeInfo
 from aioetl.engine.target.storage import FqnLender, Store
-from aioetl.errors import AioetlError, BadRequest, ClientError
+from aioetl.errors import AioetlError, BadRequest, ClientError, NotFound
 from aioetl.xactions.errs import ObjErrs
 
 __all__ = ["EtlInstance", "EtlManager"]
@@ -99,7 +99,9 @@ class EtlManager:
         self.store = store
         self.objects = objects
         self.peers = peers
-        self.sinks = Sinks(store, peers)
+        self.sinks = Sinks(store, peers, objects.remote)
+        assert objects.remote is not None, "the target gives its ObjectIO the remote buckets' service"
+        self.remote = objects.remote
         self.runtime = runtime
         self.jobs = jobs
         self.make_comm = make_comm
@@ -291,7 +293,7 @@ class EtlManager:
         fqn = self.store.fqn(bck, obj)
         comm = inst.comm
         assert comm is not None
-        cname = f"ais://{bck}/{obj}"
+        cname = bck_uri(bck, obj)
         try:
             url = comm.redirect_url(make_uname(bck, obj), fqn, etl_args)
             if url is not None:  # hpull: the client fetches the result from the pod itself
@@ -365,13 +367,24 @@ class EtlManager:
             return await reply.read()
 
     async def copy_object(self, request: web.Request, bck: str, obj: str) -> web.StreamResponse:
-        """``PUT ...?object_to=<uname>[&etl_name=..]``: copy, transformed, to another object."""
-        provider, dst_bck, dst_obj = parse_uname(request.query["object_to"])
-        if provider != "ais":
-            raise BadRequest(f'provider "{provider}" is not supported')
-        validate_bck_name(dst_bck)
+        """``PUT ...?object_to=<uname>[&etl_name=..]``: copy, transformed, to another object.
+
+        A remote source is cached first (``latest-ver=true``: revalidated); with
+        ``synchronize=true`` a source the remote no longer has removes the destination
+        object too (AIStore ``apc.QparamSync``), and the answer is the source's 404.
+        """
+        dst_bck, dst_obj = uname_key(request.query["object_to"])
         validate_obj_name(dst_obj)
         self.cluster.check_bck(dst_bck)
+        if is_remote(bck):
+            q = request.query
+            sync = q.get("synchronize", "").lower() == "true"
+            try:
+                await self.remote.ensure(bck, obj, latest=sync or q.get("latest-ver", "").lower() == "true")
+            except NotFound:
+                if sync:
+                    await self._drop_dst(dst_bck, dst_obj)
+                raise
         self.store.head(bck, obj)
         name = request.query.get("etl_name", "")
         if name:
@@ -380,13 +393,25 @@ class EtlManager:
             try:
                 data = await self.transform_bytes(inst, bck, obj, request.query.get("etl_args", ""), pipeline)
             except AioetlError as e:
-                inst.errors.add(f"ais://{bck}/{obj}", e.message, e.status)
+                inst.errors.add(bck_uri(bck, obj), e.message, e.status)
                 raise
             inst.obj_count += 1
         else:
             data = await asyncio.get_running_loop().run_in_executor(None, self.store.read_bytes, bck, obj)
         await self.sinks.put_bytes(plan(self.cluster, dst_bck, dst_obj), dst_bck, dst_obj, data)
         return web.Response(status=200)
+
+    async def _drop_dst(self, bck: str, obj: str) -> None:
+        """Remove ``bck/obj`` wherever HRW keeps it (here, or through its owner)."""
+        owner = self.cluster.owner(bck, obj)
+        if owner is None:
+            with contextlib.suppress(NotFound):
+                if is_remote(bck):
+                    await self.remote.delete(bck, obj)
+                else:
+                    self.store.delete(bck, obj)
+            return
+        await self.peers.delete_object(owner.url, bck, obj)
 
     # -- /v1/etl/_object -----------------------------------------------------------
     async def h_object(self, request: web.Request) -> web.StreamResponse:
@@ -402,9 +427,7 @@ class EtlManager:
             raise etl_not_found(name)
         if not secrets.compare_digest(secret, inst.secret):
             raise Unauthorized(f'etl job "{name}": unrecognized request source (bad secret)')
-        provider, bck, obj = parse_uname(uname)
-        if provider != "ais":
-            raise BadRequest(f'provider "{provider}" is not supported')
+        bck, obj = uname_key(uname)
         self.cluster.check_bck(bck)
         validate_obj_name(obj)
         if request.method == "GET":

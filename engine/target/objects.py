@@ -11,16 +11,23 @@ checked against the job's receipts (:mod:`aioetl.engine.scheduler.receipts`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import time
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from aioetl.engine.core.names import bck_uri, is_remote, split_bck_key
 from aioetl.engine.node.httpd import iter_body
 from aioetl.engine.scheduler.receipts import Receipts
+from aioetl.engine.target.backend import RemoteMD
 from aioetl.engine.target.storage import CKSUM_TYPE, LomMD, Store, write_in_thread
 from aioetl.errors import AioetlError, BadRequest, RangeNotSatisfiable
+
+if TYPE_CHECKING:
+    from aioetl.engine.target.remote import RemoteObjects
 
 __all__ = ["CHUNK", "SMALL_OBJECT", "ObjectIO", "md_headers", "parse_range"]
 
@@ -28,27 +35,30 @@ SMALL_OBJECT = 256 * 1024  # read/write whole below this; stream above
 CHUNK = 1024 * 1024
 
 
-def md_headers(md: LomMD, bck: str, obj: str, location: str, props: str = "") -> dict[str, str]:
+def md_headers(md: LomMD, bck: str, obj: str, location: str, props: str = "", *,
+               present: bool = True) -> dict[str, str]:
     """The ``ais-*`` object headers AIStore sends on GET and HEAD; ``Last-Modified`` and
-    ``ETag`` only when ``props`` asks for them (HEAD v2)."""
+    ``ETag`` only when ``props`` asks for them (HEAD v2). ``bck`` is a bucket key;
+    ``present`` is false for a remote object not cached here (HEAD answered from the remote)."""
+    provider, name = split_bck_key(bck)
     h = {
         "ais-checksum-type": CKSUM_TYPE if md.cksum else "none",
         "ais-checksum-value": md.cksum,
         "ais-version": str(md.version),
         "ais-atime": str(md.atime_ns),
         "ais-name": obj,
-        "ais-bucket-name": bck,
-        "ais-bucket-provider": "ais",
+        "ais-bucket-name": name,
+        "ais-bucket-provider": provider,
         "ais-location": location,
-        "ais-mirror-copies": "1",
-        "ais-present": "true",
+        "ais-mirror-copies": "1" if present else "0",
+        "ais-present": "true" if present else "false",
     }
     if md.custom:
         h["ais-custom-md"] = ", ".join(f"{k}={v}" for k, v in sorted(md.custom.items()))
     if "last-modified" in props:
         h["Last-Modified"] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(md.atime_ns / 1e9))
     if "etag" in props:
-        h["ETag"] = md.cksum
+        h["ETag"] = md.custom.get("ETag") or md.cksum
     return h
 
 
@@ -91,16 +101,19 @@ class ObjectIO:
         receipts: the receive side of offline jobs' direct puts.
     """
 
-    def __init__(self, node_id: str, store: Store, receipts: Receipts) -> None:
+    def __init__(self, node_id: str, store: Store, receipts: Receipts, remote: RemoteObjects | None = None) -> None:
         self.node_id = node_id
         self.store = store
         self.receipts = receipts
+        self.remote = remote
 
     async def receive(self, request: web.Request, bck: str, obj: str, *, xid: str = "",
                       receipt: bool = False) -> LomMD:
         """Stream a request body into ``bck/obj``: work file, fsync, rename.
 
-        Cancelling (client gone) removes the work file; nothing becomes visible.
+        Cancelling (client gone) removes the work file; nothing becomes visible. An
+        object of a remote bucket is uploaded to the remote from the complete work
+        file first and cached only when the upload succeeded (write-through).
 
         Args:
             xid: the job this object belongs to (``?uuid=``); an object of an aborted
@@ -124,13 +137,17 @@ class ObjectIO:
             async for chunk in iter_body(request):  # a body idle past BODY_IDLE_TIMEOUT_S: 408, cut
                 wf.write(chunk)
             if expected is not None and wf.size != expected:
-                raise BadRequest(f"short body for \"ais://{bck}/{obj}\": got {wf.size} of {expected} bytes")
+                raise BadRequest(f"short body for \"{bck_uri(bck, obj)}\": got {wf.size} of {expected} bytes")
+            custom: dict[str, str] | None = None
+            if self.remote is not None and is_remote(bck):
+                custom = await self.remote.write_through(wf)
             if xid:
-                return await receipts.commit(xid, key, wf.finalize, not wf.mpath.volatile, record=receipt)
+                return await receipts.commit(xid, key, functools.partial(wf.finalize, custom),
+                                             not wf.mpath.volatile, record=receipt)
             if wf.mpath.volatile:
-                return wf.finalize()  # tmpfs: fsync is free; a thread hop is not
+                return wf.finalize(custom)  # tmpfs: fsync is free; a thread hop is not
             # fsync blocks on a disk: run it (and the rename) in a thread
-            return await write_in_thread(wf.finalize)
+            return await write_in_thread(wf.finalize, custom)
         except BaseException as e:
             wf.abort()
             if xid and receipt and isinstance(e, AioetlError):  # the sender learns why at settlement
@@ -174,6 +191,15 @@ class ObjectIO:
             return resp
         finally:
             f.close()
+
+    def head_remote(self, bck: str, obj: str, rmd: RemoteMD, props: str = "") -> web.StreamResponse:
+        """Answer a HEAD of a remote object not cached here from the remote's metadata
+        (``ais-present: false``, as AIStore's HEAD of a cold object)."""
+        md = LomMD(size=rmd.size, cksum="", version=1, atime_ns=rmd.mtime_ns, custom=rmd.custom())
+        headers = md_headers(md, bck, obj, "", props, present=False)
+        headers["ais-version"] = rmd.version
+        headers["Content-Length"] = str(rmd.size)
+        return web.Response(status=200, headers=headers)
 
     async def head(self, bck: str, obj: str, props: str = "") -> web.StreamResponse:
         """Answer a HEAD of ``bck/obj`` (its ``ais-*`` headers; ``props`` as in HEAD v2)."""

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from aioetl.engine.core.names import bck_uri, split_bck_key
 from aioetl.engine.node.auth import auth_headers
 from aioetl.engine.target.services import ClusterView
 from aioetl.errors import AioetlError, InsufficientStorage, NodeUnavailable
@@ -79,6 +80,25 @@ class Peers:
             raise RuntimeError("intra-cluster session is not open (target not started, or shutting down)")
         return self._session
 
+    async def delete_object(self, url: str, bck: str, obj: str) -> None:
+        """``DELETE`` ``bck/obj`` on the target at ``url`` (absent is fine).
+
+        Raises:
+            AioetlError: the target refused, with its status. NodeUnavailable: it did not answer.
+        """
+        provider, name = split_bck_key(bck)
+        params = {"provider": provider} if provider != "ais" else {}
+        try:
+            async with self.session.delete(f"{url}/v1/objects/{quote(name, safe='')}/{quote(obj, safe='/')}",
+                                           params=params, timeout=aiohttp.ClientTimeout(total=60)) as r:
+                if r.status >= 400 and r.status != 404:
+                    text = (await r.read())[:500].decode(errors="replace")
+                    raise AioetlError(f"DELETE of {bck_uri(bck, obj)} at {url} failed: {r.status} {text}",
+                                      status=r.status)
+        except aiohttp.ClientConnectionError as e:
+            raise NodeUnavailable(f"DELETE of {bck_uri(bck, obj)} at target {self.cluster.node_at(url)}: "
+                                  f"{type(e).__name__}: {e}") from e
+
     async def put_object(self, url: str, bck: str, obj: str, body: Any, *, xid: str = "",
                          size: int | None = None) -> int:
         """PUT one object to the target at ``url`` (its HRW owner).
@@ -100,21 +120,24 @@ class Peers:
         """
         headers = {"Content-Length": str(size)} if size is not None else {}
         params = {"uuid": xid, "owt": "3"} if xid else {}
+        provider, name = split_bck_key(bck)
+        if provider != "ais":
+            params["provider"] = provider
         counted = _Counted(body) if isinstance(body, aiohttp.StreamReader) else None
         try:
-            async with self.session.put(f"{url}/v1/objects/{quote(bck, safe='')}/{quote(obj, safe='/')}",
+            async with self.session.put(f"{url}/v1/objects/{quote(name, safe='')}/{quote(obj, safe='/')}",
                                         params=params, data=counted or body, headers=headers,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_read=300)) as r:
                 if r.status >= 400:
                     text = (await r.read())[:500].decode(errors="replace")
                     if r.status == 507:
                         raise InsufficientStorage(f"target {self.cluster.node_at(url)} out of space: {text}")
-                    raise AioetlError(f"PUT of ais://{bck}/{obj} to {url} failed: {r.status} {text}",
+                    raise AioetlError(f"PUT of {bck_uri(bck, obj)} to {url} failed: {r.status} {text}",
                                       status=r.status)
         except aiohttp.ClientConnectionError as e:
             if isinstance(e.__cause__, AioetlError):  # the body's side broke (aiohttp wraps it), not the peer
                 raise e.__cause__ from None
-            raise NodeUnavailable(f"PUT of ais://{bck}/{obj} to target {self.cluster.node_at(url)}: "
+            raise NodeUnavailable(f"PUT of {bck_uri(bck, obj)} to target {self.cluster.node_at(url)}: "
                                   f"{type(e).__name__}: {e}") from e
         if counted is not None:
             return counted.n

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aioetl.engine.core.names import make_uname, validate_bck_name
+from aioetl.engine.core.names import make_uname, split_bck_key, validate_bck_name
 from aioetl.engine.core.smap import Smap, Snode
 from aioetl.errors import bck_not_found
 
@@ -61,8 +61,9 @@ class ClusterView:
     bmd: dict[str, Any] = field(default_factory=lambda: {"version": 0, "buckets": {}})
 
     def check_bck(self, bck: str) -> None:
-        """Raises InvalidName (bad name) or NotFound (not in the BMD)."""
-        validate_bck_name(bck)
+        """Raises InvalidName (bad name) or NotFound (not in the BMD); ``bck`` is a bucket
+        key (``b`` or ``aws:b``, :mod:`aioetl.engine.core.names`)."""
+        validate_bck_name(split_bck_key(bck)[1])
         if bck not in self.bmd["buckets"]:
             raise bck_not_found(bck)
 

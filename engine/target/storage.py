@@ -3,6 +3,7 @@
 Layout (AIStore ``fs/fs.go``, ``fs/content.go``)::
 
     <mountpath>/@ais/<bucket>/%ob/<object name>    the object bytes (pods open these)
+    <mountpath>/@aws/<bucket>/%ob/<object name>    cached objects of a remote aws:// bucket
     <mountpath>/@ais/<bucket>/%wk/<random>         work files being written
     <mountpath>/%trash/<bucket>.<ns>               destroyed buckets awaiting removal
     <mountpath>/.aioetl.bmd.json                   this target's last BMD (a copy per mountpath)
@@ -38,7 +39,7 @@ from typing import Any, TypeVar
 import msgspec
 import xxhash
 
-from aioetl.engine.core.names import make_uname, validate_obj_name
+from aioetl.engine.core.names import REMOTE_PROVIDERS, bck_uri, make_uname, split_bck_key, validate_obj_name
 from aioetl.engine.core.smap import digest, hrw_pick
 from aioetl.errors import Conflict, InsufficientStorage, obj_not_found
 
@@ -65,6 +66,7 @@ _WORK_DIR = "%wk"
 _TRASH_DIR = "%trash"
 LEND_DIR = ".aioetl-lend"
 _BMD_COPY = ".aioetl.bmd.json"
+_PROVIDER_DIRS = ("ais", *REMOTE_PROVIDERS)
 
 
 class LomMD(msgspec.Struct, array_like=True):
@@ -133,11 +135,13 @@ class Mountpath:
         return digest(self.path)
 
     def bck_dir(self, bck: str) -> str:
-        return os.path.join(self.path, "@ais", bck)
+        """``<mountpath>/@<provider>/<name>`` of the bucket key ``bck`` (:mod:`aioetl.engine.core.names`)."""
+        p, name = split_bck_key(bck)
+        return os.path.join(self.path, "@" + p, name)
 
     def fqn(self, bck: str, obj: str) -> str:
         """``<mountpath>/@ais/<bck>/%ob/<obj>``: the fully qualified name of an object."""
-        return os.path.join(self.path, "@ais", bck, _OBJ_DIR, obj)
+        return os.path.join(self.bck_dir(bck), _OBJ_DIR, obj)
 
 
 class WorkFile:
@@ -212,7 +216,7 @@ class WorkFile:
             return md
         except (NotADirectoryError, IsADirectoryError, FileExistsError) as e:
             raise Conflict(
-                f'object "ais://{self.bck}/{self.obj}" conflicts with an existing object '
+                f'object "{bck_uri(self.bck, self.obj)}" conflicts with an existing object '
                 "name (one name is a path prefix of the other)"
             ) from e
         except OSError as e:
@@ -246,9 +250,9 @@ class WorkFile:
 
 def _map_oserror(e: OSError, bck: str, obj: str) -> Exception:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage(f'out of space writing "ais://{bck}/{obj}": {e.strerror}')
+        return InsufficientStorage(f'out of space writing "{bck_uri(bck, obj)}": {e.strerror}')
     if e.errno == errno.ENAMETOOLONG:
-        return Conflict(f'object "ais://{bck}/{obj}": name too long for the filesystem')
+        return Conflict(f'object "{bck_uri(bck, obj)}": name too long for the filesystem')
     return e
 
 
@@ -344,7 +348,9 @@ class FqnLender:
                 free.append(slot)
                 if isinstance(e, (FileNotFoundError, NotADirectoryError)):
                     rest = fqn[len(prefix):].split("/", 3)  # @ais, bck, %ob, obj
-                    raise obj_not_found(rest[1] if len(rest) > 1 else "?", rest[3] if len(rest) > 3 else fqn) from None
+                    provider = rest[0].lstrip("@") if rest else "ais"
+                    raise obj_not_found(rest[1] if len(rest) > 1 else "?", rest[3] if len(rest) > 3 else fqn,
+                                        provider) from None
                 raise
             shutil.copyfile(fqn, path)  # a bucket directory on another filesystem: copy instead
         return path
@@ -454,6 +460,10 @@ class Store:
         finally:
             os.close(fd)
 
+    def has(self, bck: str, obj: str) -> bool:
+        """True if ``bck/obj`` is stored here (a cached copy, for a remote bucket)."""
+        return os.path.isfile(self.fqn(bck, obj))
+
     def head(self, bck: str, obj: str) -> LomMD:
         """Metadata of an object; raises :class:`NotFound`."""
         fd, md, _ = self.open_object(bck, obj)
@@ -561,11 +571,13 @@ class Store:
         return best
 
     def bucket_names_on_disk(self) -> set[str]:
-        """Names of the bucket directories on any mountpath."""
+        """Keys of the bucket directories on any mountpath (``b``, ``aws:b``)."""
         out: set[str] = set()
         for mp in self.mountpaths:
-            with contextlib.suppress(OSError):
-                out.update(e.name for e in os.scandir(os.path.join(mp.path, "@ais")) if e.is_dir())
+            for p in _PROVIDER_DIRS:
+                with contextlib.suppress(OSError):
+                    out.update(e.name if p == "ais" else f"{p}:{e.name}"
+                               for e in os.scandir(os.path.join(mp.path, "@" + p)) if e.is_dir())
         return out
 
     def cleanup_on_start(self) -> int:
@@ -574,18 +586,19 @@ class Store:
         for mp in self.mountpaths:
             shutil.rmtree(os.path.join(mp.path, _TRASH_DIR), ignore_errors=True)
             shutil.rmtree(os.path.join(mp.path, LEND_DIR), ignore_errors=True)
-            base = os.path.join(mp.path, "@ais")
-            if not os.path.isdir(base):
-                continue
-            for bck in os.listdir(base):
-                wdir = os.path.join(base, bck, _WORK_DIR)
-                if os.path.isdir(wdir):
-                    for f in os.listdir(wdir):
-                        try:
-                            os.unlink(os.path.join(wdir, f))
-                            removed += 1
-                        except OSError:
-                            pass
+            for p in _PROVIDER_DIRS:
+                base = os.path.join(mp.path, "@" + p)
+                if not os.path.isdir(base):
+                    continue
+                for bck in os.listdir(base):
+                    wdir = os.path.join(base, bck, _WORK_DIR)
+                    if os.path.isdir(wdir):
+                        for f in os.listdir(wdir):
+                            try:
+                                os.unlink(os.path.join(wdir, f))
+                                removed += 1
+                            except OSError:
+                                pass
         return removed
 
     def capacity(self) -> list[dict[str, object]]:

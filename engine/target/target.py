@@ -30,20 +30,22 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from aioetl.engine.core.names import validate_obj_name
+from aioetl.engine.core.names import bck_key, is_remote, validate_obj_name
 from aioetl.engine.core.smap import Smap
 from aioetl.engine.node.auth import TARGET_INTERNAL, cluster_auth_middleware
 from aioetl.engine.node.httpd import error_middleware, json_response, read_json, split_obj_path
 from aioetl.engine.node.serve import serve_until_signalled, write_ready_file
 from aioetl.engine.scheduler.offline import OfflineJobs
 from aioetl.engine.scheduler.receipts import Receipts
+from aioetl.engine.target.backend import Backends
 from aioetl.engine.target.etl import EtlManager
 from aioetl.engine.target.objects import ObjectIO, md_headers
 from aioetl.engine.target.peers import Peers
 from aioetl.engine.target.pods import LocalProcessRuntime, PodRuntime
+from aioetl.engine.target.remote import RemoteObjects
 from aioetl.engine.target.services import ClusterView, NodeInfo
 from aioetl.engine.target.storage import Store, remove_trash_async
-from aioetl.errors import BadRequest, NotFound
+from aioetl.errors import AioetlError, BadRequest, NotFound, obj_not_found
 
 __all__ = ["LSO_PAGE_ENCODER", "Target", "TargetConfig", "md_headers", "run_target"]
 
@@ -99,9 +101,11 @@ class Target:
         cfg: the target's configuration.
         runtime: the pod runtime (default: local processes under ``cfg.data_dir``);
             tests pass their own.
+        backends: the remote backends (default: S3 from the AWS environment, :mod:`.backend`).
     """
 
-    def __init__(self, cfg: TargetConfig, runtime: PodRuntime | None = None) -> None:
+    def __init__(self, cfg: TargetConfig, runtime: PodRuntime | None = None,
+                 backends: Backends | None = None) -> None:
         self.cfg = cfg
         self.node_id = cfg.node_id
         self.node = NodeInfo(cfg.node_id, cfg.gateway_url, cfg.data_dir or os.path.dirname(cfg.mountpaths[0]))
@@ -109,9 +113,10 @@ class Target:
         self.cluster = ClusterView(cfg.node_id, bmd=self.store.load_bmd_copy() or {"version": 0, "buckets": {}})
         self.peers = Peers(self.cluster, cfg.gateway_url, cfg.cluster_secret)
         self.receipts = Receipts()  # the receive side of every job's direct puts here
-        self.objects = ObjectIO(cfg.node_id, self.store, self.receipts)
+        self.remote = RemoteObjects(self.store, self.cluster, backends)
+        self.objects = ObjectIO(cfg.node_id, self.store, self.receipts, self.remote)
         self.runtime: PodRuntime = runtime or LocalProcessRuntime(self.node.data_dir)
-        self.jobs = OfflineJobs(self.node, self.cluster, self.store, self.peers, self.receipts)
+        self.jobs = OfflineJobs(self.node, self.cluster, self.store, self.peers, self.receipts, self.remote)
         self.etl = EtlManager(self.node, self.cluster, self.store, self.objects, self.peers, self.runtime, self.jobs)
         self.jobs.etls = self.etl
         self._lists: dict[str, _ListSession] = {}
@@ -176,11 +181,17 @@ class Target:
             raise web.HTTPTemporaryRedirect(owner.url + request.raw_path)
 
     def _obj(self, request: web.Request) -> tuple[str, str]:
-        bck, obj = split_obj_path(request)
+        """``(bucket key, object)`` of an object request (``?provider=`` picks the provider)."""
+        name, obj = split_obj_path(request)
+        bck = bck_key(request.query.get("provider", ""), name)
         self.cluster.check_bck(bck)
         validate_obj_name(obj)
         self._misdirected(request, bck, obj)
         return bck, obj
+
+    @staticmethod
+    def _latest(request: web.Request) -> bool:
+        return request.query.get("latest-ver", "").lower() in ("true", "1")
 
     # -- objects -----------------------------------------------------------
     async def put_object(self, request: web.Request) -> web.StreamResponse:
@@ -189,26 +200,48 @@ class Target:
         if "object_to" in request.query:
             return await self.etl.copy_object(request, bck, obj)
         xid = request.query.get("uuid", "")
-        md = await self.objects.receive(request, bck, obj, xid=xid)
+        md = await self.objects.receive(request, bck, obj, xid=xid)  # remote buckets: written through
         if xid:
             self.jobs.count_in(xid, md.size)
         return web.Response(status=200)
 
 
     async def get_object(self, request: web.Request) -> web.StreamResponse:
+        """GET (or inline ETL) of an object; a remote bucket's object is cached first
+        (cold GET, or a changed one with ``latest-ver``, :mod:`.remote`)."""
         bck, obj = self._obj(request)
+        if is_remote(bck):
+            await self.remote.ensure(bck, obj, latest=self._latest(request))
         if request.query.get("etl_name"):
             return await self.etl.inline_get(request, bck, obj)
         return await self.objects.serve(request, bck, obj)
 
 
     async def head_object(self, request: web.Request) -> web.StreamResponse:
+        """HEAD; a remote object not cached here is answered from the remote (``ais-present:
+        false``), with ``latest-ver`` a cached one is checked against the remote first."""
         bck, obj = self._obj(request)
-        return await self.objects.head(bck, obj, request.query.get("props", ""))
+        props = request.query.get("props", "")
+        if is_remote(bck):
+            if self._latest(request):
+                await self.remote.ensure(bck, obj, latest=True)
+            elif not self.store.has(bck, obj):
+                return self.objects.head_remote(bck, obj, await self.remote.head(bck, obj), props)
+        return await self.objects.head(bck, obj, props)
 
 
     async def delete_object(self, request: web.Request) -> web.StreamResponse:
+        """DELETE; for a remote bucket the remote object and the cached copy (AIStore),
+        with ``?evict=true`` (an aioetl extension, as ``evict-listrange`` for one object)
+        the cached copy only."""
         bck, obj = self._obj(request)
+        if is_remote(bck):
+            if request.query.get("evict", "").lower() == "true":
+                if not self.remote.evict(bck, obj):
+                    raise obj_not_found(bck, obj)
+            else:
+                await self.remote.delete(bck, obj)
+            return web.Response(status=200)
         self.store.delete(bck, obj)
         return web.Response(status=200)
 
@@ -223,9 +256,26 @@ class Target:
         Returns (msgpack): ``{"entries": [[name, size, cksum, version, atime_ns, custom], ...], "more": bool}``.
         """
         bck = request.match_info["bck"]
-        self.cluster.check_bck(bck)
+        what = request.query.get("what", "")
         msg = await read_json(request)
-        if request.query.get("what") == "summary":
+        if what == "remote-head":  # before the bucket is in the BMD: the gateway asks first
+            be, _ = self.remote.backend(bck)
+            await be.head_bucket(bck, msg.get("props") if isinstance(msg.get("props"), dict) else None)
+            return web.Response(body=LSO_PAGE_ENCODER.encode({"ok": True}), content_type="application/msgpack")
+        self.cluster.check_bck(bck)
+        if what == "remote-page":
+            return await self._remote_page(bck, msg)
+        if what == "present":
+            return self._present(bck, msg)
+        if what == "remote-summary":
+            be, props = self.remote.backend(bck)
+            n = size = 0
+            async for batch in be.list_all(bck, props, str(msg.get("prefix") or "")):
+                n += len(batch)
+                size += sum(e.size for e in batch)
+            return web.Response(body=LSO_PAGE_ENCODER.encode({"count": n, "size": size}),
+                                content_type="application/msgpack")
+        if what == "summary":
             return await self._summary(bck, str(msg.get("prefix", "")))
         uuid, prefix = str(msg.get("uuid", "")), str(msg.get("prefix", ""))
         token, pagesize = str(msg.get("token", "")), int(msg.get("pagesize", 0) or 10000)
@@ -255,6 +305,33 @@ class Target:
             }
         )
         return web.Response(body=body, content_type="application/msgpack")
+
+    async def _remote_page(self, bck: str, msg: dict[str, Any]) -> web.StreamResponse:
+        """One page of a remote bucket's listing, as the remote gives it (intra-cluster).
+
+        Body: ``{"prefix", "token", "pagesize"}`` (``token``: list after this name).
+        Returns (msgpack): ``{"entries": [[name, size, etag, mtime_ns], ...], "more": bool}``.
+        """
+        be, props = self.remote.backend(bck)
+        entries, more = await be.list_page(bck, props, str(msg.get("prefix") or ""), str(msg.get("token") or ""),
+                                           int(msg.get("pagesize") or 1000))
+        body = {"entries": [[e.name, e.size, e.etag, e.mtime_ns] for e in entries], "more": more}
+        return web.Response(body=LSO_PAGE_ENCODER.encode(body), content_type="application/msgpack")
+
+    def _present(self, bck: str, msg: dict[str, Any]) -> web.StreamResponse:
+        """Which of ``msg["names"]`` are cached here (intra-cluster): ``{"present": {name:
+        [size, cksum, version, atime_ns, custom]}}`` (msgpack)."""
+        names = [str(n) for n in (msg.get("names") or [])]
+        found = {}
+        for n in names:
+            try:
+                m = self.store.head(bck, n)
+            except (NotFound, OSError):
+                continue
+            except AioetlError:
+                continue
+            found[n] = [m.size, m.cksum, m.version, m.atime_ns, m.custom]
+        return web.Response(body=LSO_PAGE_ENCODER.encode({"present": found}), content_type="application/msgpack")
 
     async def _summary(self, bck: str, prefix: str) -> web.StreamResponse:
         def count() -> dict[str, int]:

@@ -15,6 +15,7 @@ from aioetl.errors import (
     ClientError,
     ConfigError,
     Conflict,
+    Forbidden,
     InsufficientStorage,
     InvalidName,
     NodeUnavailable,
@@ -22,6 +23,8 @@ from aioetl.errors import (
     PeerError,
     PodUnavailable,
     RangeNotSatisfiable,
+    RemoteError,
+    RemoteUnavailable,
     RequestError,
     ServerError,
     StorageError,
@@ -50,6 +53,9 @@ TREE = [
     (TransformError, ServerError, 500),
     (PodUnavailable, TransformError, 503),
     (XactionError, ServerError, 500),
+    (Forbidden, ClientError, 403),
+    (RemoteError, PeerError, 502),
+    (RemoteUnavailable, RemoteError, 503),
     (ConfigError, ServerError, 500),
 ]
 
@@ -80,7 +86,7 @@ def test_four_and_five_hundreds_stay_apart() -> None:
 
 def test_transient_is_a_type() -> None:
     transient = {c for c, _, _ in TREE if issubclass(c, TransientError)}
-    assert transient == {TransientError, NodeUnavailable, PodUnavailable}
+    assert transient == {TransientError, NodeUnavailable, PodUnavailable, RemoteUnavailable}
     with pytest.raises(TransientError):
         raise NodeUnavailable("no targets in the cluster map")
     with pytest.raises(PeerError):  # the domain still catches it

@@ -7,12 +7,17 @@ import pytest
 from aioetl.engine.core.names import (
     MAX_BCK_NAME_LEN,
     MAX_OBJ_NAME_BYTES,
+    bck_key,
+    bck_uri,
+    is_remote,
     make_uname,
     parse_uname,
+    split_bck_key,
+    uname_key,
     validate_bck_name,
     validate_obj_name,
 )
-from aioetl.errors import ClientError, InvalidName
+from aioetl.errors import BadRequest, ClientError, InvalidName
 
 GOOD_BCK = ["b", "my-bucket", "my_bucket", "v1.2", "A-Z_09", "a" * MAX_BCK_NAME_LEN, ".hidden", "a.b.c"]
 BAD_BCK = [
@@ -129,9 +134,22 @@ def test_uname_round_trip(bck: str, obj: str) -> None:
 
 
 def test_uname_other_provider_and_bucket_only() -> None:
-    assert make_uname("b", "o", provider="gcp") == "gcp/@#/b/o"
+    assert make_uname("aws:b", "o") == "aws/@#/b/o", "a remote bucket's uname carries its provider (HRW hashes it)"
     assert parse_uname("gcp/@#/b/o") == ("gcp", "b", "o")
     assert parse_uname("ais/@#/b") == ("ais", "b", "")
+
+
+def test_bucket_keys() -> None:
+    assert bck_key("ais", "b") == bck_key("", "b") == "b"
+    assert bck_key("aws", "b") == bck_key("s3", "b") == bck_key("S3", "b") == "aws:b"
+    assert split_bck_key("aws:b") == ("aws", "b") and split_bck_key("b") == ("ais", "b")
+    assert bck_uri("aws:b", "x/y") == "aws://b/x/y" and bck_uri("b") == "ais://b"
+    assert is_remote("aws:b") and not is_remote("b")
+    assert uname_key("aws/@#/b/o/p") == ("aws:b", "o/p") and uname_key("ais/@#/b/o") == ("b", "o")
+    with pytest.raises(BadRequest, match="gcp"):
+        bck_key("gcp", "b")
+    with pytest.raises(InvalidName):
+        bck_key("aws", "a:b")
 
 
 @pytest.mark.parametrize("uname", ["", "ais", "ais/b/o", "b/o", "ais/#/b/o"])
