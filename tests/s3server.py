@@ -59,12 +59,12 @@ class S3Server:
 
     def start(self) -> S3Server:
         os.makedirs(self.root, exist_ok=True)
-        log = open(os.path.join(os.path.dirname(self.root.rstrip("/")) or ".", f"rclone-{self.port}.log"), "ab")
-        self.proc = subprocess.Popen(
-            [rclone_path(), "serve", "s3", self.root, "--addr", f"127.0.0.1:{self.port}",
-             "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}", "--vfs-cache-mode", "off"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        log_path = os.path.join(os.path.dirname(self.root.rstrip("/")) or ".", f"rclone-{self.port}.log")
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [rclone_path(), "serve", "s3", self.root, "--addr", f"127.0.0.1:{self.port}",
+                 "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}", "--vfs-cache-mode", "off"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

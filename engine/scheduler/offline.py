@@ -346,8 +346,8 @@ class OfflineJobs:
         if is_remote(dst):
             be, props = self.remote.backend(dst)
             doomed = []
-            async for batch in be.list_all(dst, props, msg.prefix):
-                doomed += [e.name for e in batch if e.name not in keep and self._owned(dst, e.name)]
+            async for entries in be.list_all(dst, props, msg.prefix):
+                doomed += [e.name for e in entries if e.name not in keep and self._owned(dst, e.name)]
             for name in doomed:
                 with contextlib.suppress(NotFound):
                     await self.remote.delete(dst, name)
@@ -397,8 +397,8 @@ class OfflineJobs:
             # ones"): each target lists the remote and takes the names HRW gives it
             n = b = 0
             be, props = self.remote.backend(src)
-            async for batch in be.list_all(src, props, msg.prefix):
-                for e in batch:
+            async for entries in be.list_all(src, props, msg.prefix):
+                for e in entries:
                     if msg.sync:
                         job.src_names.add(e.name)
                     if self._owned(src, e.name):
