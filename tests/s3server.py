@@ -92,8 +92,22 @@ class S3Server:
                 "AIOETL_S3_MAX_RETRIES": "2", "AIOETL_S3_RETRY_TIMEOUT_S": "5"}
 
     def make_bucket(self, name: str) -> str:
-        os.makedirs(os.path.join(self.root, name), exist_ok=True)
+        """Create bucket ``name`` through the S3 API (rclone caches its directory listings for
+        minutes, so a directory made behind its back may stay invisible)."""
+        c = self.boto3()
+        try:
+            c.create_bucket(Bucket=name)
+        except c.exceptions.BucketAlreadyOwnedByYou:
+            pass
         return name
+
+    def put_many(self, bucket: str, objs: dict[str, bytes], threads: int = 8) -> None:
+        """Put ``objs`` into ``bucket`` through the S3 API, ``threads`` at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        c = self.boto3()
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(lambda kv: c.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), objs.items()))
 
     def boto3(self) -> Any:
         import boto3
@@ -112,7 +126,9 @@ class FaultProxy:
     """An HTTP proxy in front of :class:`S3Server` that fails chosen keys with 503.
 
     ``fail`` holds object keys (``bucket/key``) to answer ``503 SlowDown`` for, every
-    time; ``failed`` counts the answers it faked. Runs its own event loop in a thread.
+    time; ``failed`` counts the answers it faked; ``requests`` lists every request it
+    saw as ``(method, "bucket/key")`` (how a test proves a warm GET never reached the
+    remote). Runs its own event loop in a thread.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -120,6 +136,7 @@ class FaultProxy:
         self.port = free_port()
         self.fail: set[str] = set()
         self.failed = 0
+        self.requests: list[tuple[str, str]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -137,20 +154,23 @@ class FaultProxy:
 
         async def handle(request: web.Request) -> web.StreamResponse:
             key = request.path.lstrip("/")
+            self.requests.append((request.method, key))
             if key in self.fail:
                 self.failed += 1
                 body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
                         b"<Message>Please reduce your request rate.</Message></Error>")
                 return web.Response(status=503, body=body, content_type="application/xml")
             data = await request.read()
-            headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "transfer-encoding")}
-            headers["Host"] = self.upstream.split("://", 1)[1]
+            # the Host header stays as signed (SigV4 covers it); rclone does not check it
+            headers = {k: v for k, v in request.headers.items() if k.lower() != "transfer-encoding"}
             async with session.request(request.method, self.upstream + request.raw_path, data=data,
                                        headers=headers) as r:
                 body = await r.read()
+                head = request.method == "HEAD"  # keep its Content-Length: it is the object's size
                 out = {k: v for k, v in r.headers.items()
-                       if k.lower() not in ("transfer-encoding", "content-length", "content-encoding")}
-                return web.Response(status=r.status, body=body, headers=out)
+                       if k.lower() not in ("transfer-encoding", "content-encoding")
+                       and (head or k.lower() != "content-length")}
+                return web.Response(status=r.status, body=None if head else body, headers=out)
 
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", handle)
@@ -164,6 +184,9 @@ class FaultProxy:
         await session.close()
 
     def start(self) -> FaultProxy:
+        """Serve on :attr:`port` (again, after :meth:`stop`: the same address)."""
+        self._ready.clear()
+
         def run() -> None:
             self._loop = asyncio.new_event_loop()
             self._loop.run_until_complete(self._serve())
@@ -180,3 +203,4 @@ class FaultProxy:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(10)
+            self._thread = None

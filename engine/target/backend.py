@@ -249,13 +249,19 @@ class S3Backend:
                         limit: int) -> tuple[list[RemoteEntry], bool]:
         st, _ = self._store(bck, props)
         out: list[RemoteEntry] = []
+        dirp, off = _list_args(prefix, start_after)
         try:  # one entry past the page says whether another page follows
-            stream = obstore.list(st, prefix=prefix or None, offset=start_after or None,
-                                  chunk_size=min(limit + 1, 1000))
+            stream = obstore.list(st, prefix=dirp, offset=off, chunk_size=min(limit + 1, 1000))
             async for batch in stream:
-                out.extend(_entry(m) for m in batch)
-                if len(out) > limit:
-                    return out[:limit], True
+                for m in batch:
+                    name = str(m["path"])
+                    if not name.startswith(prefix):
+                        if name > prefix:
+                            return out, False  # past the prefix: names are in order
+                        continue
+                    out.append(_entry(m))
+                    if len(out) > limit:
+                        return out[:limit], True
         except Exception as e:
             raise self._error(e, bck, op="list") from None
         return out, False
@@ -263,10 +269,17 @@ class S3Backend:
     async def list_all(self, bck: str, props: dict[str, Any] | None,
                        prefix: str) -> AsyncIterator[list[RemoteEntry]]:
         st, _ = self._store(bck, props)
+        dirp, off = _list_args(prefix, "")
         try:
-            stream = obstore.list(st, prefix=prefix or None, chunk_size=1000)
+            stream = obstore.list(st, prefix=dirp, offset=off, chunk_size=1000)
             async for batch in stream:
-                yield [_entry(m) for m in batch]
+                got = [_entry(m) for m in batch]
+                if prefix:
+                    if got and got[-1].name > prefix and not got[-1].name.startswith(prefix):
+                        yield [e for e in got if e.name.startswith(prefix)]
+                        return
+                    got = [e for e in got if e.name.startswith(prefix)]
+                yield got
         except Exception as e:
             raise self._error(e, bck, op="list") from None
 
@@ -319,6 +332,21 @@ class S3Backend:
             await obstore.delete_async(st, obj)
         except Exception as e:
             raise self._error(e, bck, obj, op="DELETE") from None
+
+
+def _list_args(prefix: str, start_after: str) -> tuple[str | None, str | None]:
+    """``(prefix, offset)`` for obstore's list of a plain key ``prefix`` (S3's meaning).
+
+    object_store lists by whole path segments (``prefix="a/b"`` means ``a/b/...``), so
+    the segment part goes as its prefix, and the listing starts just before ``prefix``
+    (S3 ``StartAfter``, keys in order); the caller keeps the keys that start with it.
+    """
+    dirp = prefix.rpartition("/")[0] if prefix else ""
+    off = start_after
+    if prefix and (not off or off < prefix):
+        last = ord(prefix[-1])
+        off = prefix[:-1] + (chr(last - 1) + "\U0010ffff" if last > 1 else "")
+    return dirp or None, off or None
 
 
 def _md(m: Any) -> RemoteMD:
