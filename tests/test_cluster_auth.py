@@ -40,6 +40,7 @@ pytestmark = pytest.mark.timeout(600)
 GATEWAY_PUBLIC = {
     ("GET", "/v1/daemon"), ("GET", "/v1/health"), ("GET", "/v1/buckets"), ("GET", "/v1/buckets/"),
     ("GET", "/v1/buckets/{bck}"), ("POST", "/v1/buckets/{bck}"), ("DELETE", "/v1/buckets/{bck}"),
+    ("PATCH", "/v1/buckets/{bck}"),
     ("HEAD", "/v1/buckets/{bck}"), ("HEAD", "/v1/buckets/{bck}/{prefix}"), ("*", "/v1/objects/{tail}"),
     ("GET", "/v1/reverse/daemon"), ("PUT", "/v1/etl"), ("GET", "/v1/etl"), ("GET", "/v1/etl/{name}"),
     ("DELETE", "/v1/etl/{name}"), ("POST", "/v1/etl/{name}/stop"), ("POST", "/v1/etl/{name}/start"),

@@ -62,7 +62,7 @@ GATEWAY_INTERNAL: frozenset[tuple[str, str]] = frozenset({
 })
 TARGET_INTERNAL: frozenset[tuple[str, str]] = frozenset({
     ("PUT", "/v1/metasync"),
-    ("GET", "/v1/buckets/{bck}"),  # lsopage / summary pages for the gateway's listing
+    ("GET", "/v1/buckets/{bck}"),  # lsopage / summary / remote-page / present / remote-head for the gateway
     ("POST", "/v1/etl/_init"),
     # GET /v1/etl (stage and counts per ETL) stays open: read-only, the same facts the
     # gateway's public GET /v1/etl gives, and tests ask each target what it runs
