@@ -3,6 +3,15 @@
 Unlike the aistore SDK (which sends every body to the gateway and follows a
 307), this client fetches the smap once and sends object requests straight to
 the HRW owner, so a PUT body crosses loopback once.
+
+Every method names a bucket by its *key* (:mod:`aioetl.engine.core.names`): the
+bare name for an ``ais://`` bucket, ``aws:NAME`` (``bck_key("aws", NAME)``, or
+``bck_key("s3", NAME)``) for a remote S3 bucket. :func:`bck_path` turns a key into
+the URL path and ``?provider=`` that the gateway and the targets take. A remote
+bucket is added to the cluster on first use (AIStore semantics); since objects go
+straight to targets, which only serve buckets they know, the client first asks
+the gateway about a remote bucket (``HEAD``, once per client) and then talks to
+the owners.
 """
 
 from __future__ import annotations
@@ -18,11 +27,11 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
-from aioetl.engine.core.names import make_uname
+from aioetl.engine.core.names import AIS, is_remote, make_uname, split_bck_key
 from aioetl.engine.core.smap import Smap
 from aioetl.errors import AioetlError
 
-__all__ = ["ClientError", "DataClient"]
+__all__ = ["ClientError", "DataClient", "bck_path"]
 
 
 class ClientError(AioetlError, RuntimeError):
@@ -50,6 +59,15 @@ def _message(body: bytes) -> str:
     return body.decode(errors="replace")[:500]
 
 
+def bck_path(bck: str) -> tuple[str, dict[str, str]]:
+    """``(URL path, query)`` of bucket key ``bck``: ``"b"`` -> ``("/v1/buckets/b", {})``,
+    ``"aws:b"`` -> ``("/v1/buckets/b", {"provider": "aws"})`` (pure).
+
+    Objects are under ``"/v1/objects/" + name`` with the same query."""
+    provider, name = split_bck_key(bck)
+    return f"/v1/buckets/{name}", ({} if provider == AIS else {"provider": provider})
+
+
 class DataClient:
     """Async client for buckets and objects of one aioetl (or AIStore) gateway.
 
@@ -62,11 +80,12 @@ class DataClient:
         self.endpoint = endpoint.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=10)
         self._smap: Smap | None = None
+        self._known_remote: set[str] = set()
 
     async def _check(self, r: aiohttp.ClientResponse) -> bytes:
         body = await r.read()
         if r.status >= 400:
-            raise ClientError(r.status, _message(body) or r.headers.get("Hdr-Error", ""))
+            raise ClientError(r.status, _message(body or r.headers.get("Hdr-Error", "").encode()))
         return body
 
     async def _req(self, method: str, path: str, **kw: Any) -> bytes:
@@ -85,23 +104,58 @@ class DataClient:
 
     # -- buckets -------------------------------------------------------------
     async def create_bucket(self, bck: str) -> None:
-        await self._req("POST", f"/v1/buckets/{bck}", json={"action": "create-bck", "name": "", "value": None})
+        """Create an ``ais://`` bucket (a remote key gets the gateway's 400: remote buckets are made remotely)."""
+        path, q = bck_path(bck)
+        await self._req("POST", path, params=q, json={"action": "create-bck", "name": "", "value": None})
 
     async def destroy_bucket(self, bck: str) -> None:
-        await self._req("DELETE", f"/v1/buckets/{bck}", json={"action": "destroy-bck", "name": "", "value": None})
+        """Destroy an ``ais://`` bucket and its objects (a remote key gets the gateway's 400: evict it)."""
+        path, q = bck_path(bck)
+        await self._req("DELETE", path, params=q, json={"action": "destroy-bck", "name": "", "value": None})
+
+    async def head_bucket(self, bck: str) -> None:
+        """Check that the bucket exists; a remote one is checked with the remote and added on first use.
+
+        Raises:
+            ClientError: 404 (no such bucket, here or in the remote), 403 (the remote refused
+                the credentials), ... with the server's reason.
+        """
+        path, q = bck_path(bck)
+        await self._req("HEAD", path, params=q)
+        if is_remote(bck):
+            self._known_remote.add(bck)
+
+    async def evict_bucket(self, bck: str, *, keep_md: bool = False) -> None:
+        """Drop every cached copy of remote bucket ``bck``; the remote keeps its objects.
+        Without ``keep_md`` the bucket also leaves the cluster's metadata (it comes back on next use)."""
+        path, q = bck_path(bck)
+        await self._req("DELETE", path, params={**q, "keep_bck_md": "true" if keep_md else "false"},
+                        json={"action": "evict-remote-bck", "name": "", "value": None})
+        self._known_remote.discard(bck)
 
     async def list_buckets(self) -> list[str]:
-        return [b["name"] for b in msgspec.json.decode(await self._req("GET", "/v1/buckets"))]
+        """The keys of the buckets the cluster has: ``ais://`` names, and ``aws:NAME`` for remote
+        buckets already added (by use)."""
+        from aioetl.engine.core.names import bck_key
 
-    async def list_objects(self, bck: str, prefix: str = "", page_size: int = 0) -> list[dict[str, Any]]:
-        """Every entry (msgpack ``LsoEnt`` dicts: ``n``, ``s``, ``cs``, ``v``, ...)."""
+        return [bck_key(str(b.get("provider") or AIS), b["name"])
+                for b in msgspec.json.decode(await self._req("GET", "/v1/buckets"))]
+
+    async def list_objects(self, bck: str, prefix: str = "", page_size: int = 0, *,
+                           cached_only: bool = False) -> list[dict[str, Any]]:
+        """Every entry (msgpack ``LsoEnt`` dicts: ``n``, ``s``, ``cs``, ``v``, ``f``...).
+
+        A remote bucket lists the remote, each entry flagged cached (``f & 1 << 6``) when a
+        target has a copy; with ``cached_only``, only the cached objects (AIStore ``LsCached``)."""
+        path, q = bck_path(bck)
         out: list[dict[str, Any]] = []
         uuid, token = "", ""
         while True:
             msg = {"action": "list", "name": "",
-                   "value": {"prefix": prefix, "pagesize": page_size, "uuid": uuid, "continuation_token": token}}
+                   "value": {"prefix": prefix, "pagesize": page_size, "uuid": uuid, "continuation_token": token,
+                             "flags": "1" if cached_only else "0"}}
             res = msgspec.msgpack.decode(
-                await self._req("GET", f"/v1/buckets/{bck}", json=msg, headers={"Accept": "application/msgpack"})
+                await self._req("GET", path, params=q, json=msg, headers={"Accept": "application/msgpack"})
             )
             out.extend(res["Entries"] or [])
             uuid, token = res["UUID"], res["ContinuationToken"]
@@ -110,8 +164,17 @@ class DataClient:
 
     # -- objects -------------------------------------------------------------
     async def _owner_url(self, session: aiohttp.ClientSession, bck: str, obj: str) -> str:
+        """The object's URL on its HRW owner, ``?provider=`` included; a remote bucket is
+        made known to the cluster first (:meth:`head_bucket`), once per client."""
+        if is_remote(bck) and bck not in self._known_remote:
+            path, q = bck_path(bck)
+            async with session.head(self.endpoint + path, params=q) as r:
+                await self._check(r)
+            self._known_remote.add(bck)
         smap = await self.smap(session)
-        return f"{smap.hrw_target(make_uname(bck, obj)).url}/v1/objects/{bck}/{quote(obj, safe='/')}"
+        provider, name = split_bck_key(bck)
+        url = f"{smap.hrw_target(make_uname(bck, obj)).url}/v1/objects/{name}/{quote(obj, safe='/')}"
+        return url if provider == AIS else f"{url}?provider={provider}"
 
     async def put_files(
         self, bck: str, files: Iterable[tuple[Path, str]], *, concurrency: int = 16, progress: bool = False
