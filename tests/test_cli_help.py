@@ -49,7 +49,7 @@ def _bracketed(cmd: Any) -> list[str]:
 def test_the_walk_finds_every_level() -> None:
     paths = {" ".join(p) for p in COMMANDS}
     for expected in ("", "cluster", "cluster up", "put", "etl", "etl init", "etl init class", "etl init image",
-                     "etl bucket", "etl objects", "job", "job errors"):
+                     "etl bucket", "etl objects", "job", "job errors", "bucket evict", "prefetch"):
         assert expected in paths, sorted(paths)
     assert len(paths) > 25
 
@@ -85,9 +85,14 @@ def test_user_text_in_errors_is_not_markup(tmp_path: Path) -> None:
     assert r.exit_code == 1, r.output
     assert f"error: {missing} does not exist" in _flat(r.output)
 
+    r = CliRunner().invoke(app, ["ls", "gs://b[/x]", "--endpoint", "http://127.0.0.1:9"])
+    assert r.exit_code == 2, r.output
+    assert ("expected ais://BUCKET[/OBJECT], aws://BUCKET[/OBJECT] or s3://BUCKET[/OBJECT], got 'gs://b[/x]'"
+            in _flat(r.output))
+
     r = CliRunner().invoke(app, ["ls", "s3://b[/x]", "--endpoint", "http://127.0.0.1:9"])
     assert r.exit_code == 2, r.output
-    assert "expected ais://BUCKET[/OBJECT], got 's3://b[/x]'" in _flat(r.output)
+    assert 'bucket name "b[" is invalid' in _flat(r.output)
 
 
 def test_console_script_help(tmp_path: Path) -> None:

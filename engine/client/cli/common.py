@@ -10,6 +10,12 @@ turns markup off, so a docstring such as ``ais://BUCKET[/PREFIX]`` shows as writ
 so an object name or a server message with brackets prints as it is. Colour is
 given with ``style=``, never with ``[red]`` tags.
 
+Bucket URLs: ``ais://BUCKET[/OBJECT]`` for a cluster bucket, ``aws://BUCKET[/OBJECT]``
+(alias ``s3://``) for a remote S3 bucket, which the gateway adds on first use.
+:func:`parse_url` turns one into the engine's bucket key (``b`` or ``aws:b``,
+:mod:`aioetl.engine.core.names`) and an object name; messages print the key back
+with ``bck_uri`` (so ``s3://b`` is shown as ``aws://b``).
+
 Endpoint resolution for data commands, first match wins: ``--endpoint``,
 ``$AIS_ENDPOINT``, the gateway of the running cluster in ``--data`` (or
 ``$AIOETL_DATA``), then ``http://127.0.0.1:8080``.
@@ -32,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DATA",
+    "URL_SCHEMES",
     "DataOpt",
     "EndpointOpt",
     "check",
@@ -42,7 +49,7 @@ __all__ = [
     "human",
     "new_app",
     "out",
-    "parse_ais_url",
+    "parse_url",
     "resolve_endpoint",
     "run",
 ]
@@ -91,18 +98,36 @@ def resolve_endpoint(endpoint: str | None, data: str | None) -> str:
     return "http://127.0.0.1:8080"
 
 
-def parse_ais_url(url: str) -> tuple[str, str]:
-    """``ais://bck[/obj]`` -> ``(bck, obj)``.
+#: the URL schemes a command accepts for a bucket, in the order error messages name them
+URL_SCHEMES = ("ais", "aws", "s3")
+
+
+def parse_url(url: str, *, want_obj: bool = False) -> tuple[str, str]:
+    """``ais://b[/obj]`` -> ``("b", obj)``; ``aws://b[/obj]`` and ``s3://b[/obj]`` -> ``("aws:b", obj)``.
+
+    The first element is the bucket key of :mod:`aioetl.engine.core.names` (what
+    :class:`~aioetl.engine.client.data.DataClient` takes); the object may be empty
+    unless ``want_obj``.
 
     Raises:
-        typer.BadParameter: not an ``ais://`` URL, or no bucket.
+        typer.BadParameter: another scheme, no bucket, an invalid bucket name, or no object when one is wanted.
     """
-    if not url.startswith("ais://"):
-        raise typer.BadParameter(f"expected ais://BUCKET[/OBJECT], got {url!r}")
-    bck, _, obj = url[len("ais://"):].partition("/")
-    if not bck:
+    from aioetl.engine.core.names import bck_key
+    from aioetl.errors import AioetlError
+
+    scheme, sep, rest = url.partition("://")
+    shape = "BUCKET/OBJECT" if want_obj else "BUCKET[/OBJECT]"
+    if not sep or scheme.lower() not in URL_SCHEMES:
+        raise typer.BadParameter(f"expected ais://{shape}, aws://{shape} or s3://{shape}, got {url!r}")
+    name, _, obj = rest.partition("/")
+    if not name:
         raise typer.BadParameter(f"no bucket in {url!r}")
-    return bck, obj
+    if want_obj and not obj:
+        raise typer.BadParameter(f"expected {scheme}://{name}/OBJECT, got {url!r}: no object name")
+    try:
+        return bck_key(scheme, name), obj
+    except AioetlError as e:
+        raise typer.BadParameter(e.message) from None
 
 
 def human(n: float) -> str:

@@ -4,7 +4,7 @@
     aioetl etl init spec FILE.yaml --name NAME
     aioetl etl init image IMAGE --name NAME [--command "..."]
     aioetl etl ls | show NAME | logs NAME | stop NAME | start NAME | rm NAME
-    aioetl etl object NAME ais://bck/obj [OUT] [--args ARGS]
+    aioetl etl object NAME ais://bck/obj [OUT] [--args ARGS]      (or aws://bck/obj, s3://bck/obj)
     aioetl etl bucket ... | objects ...     (offline jobs, defined in :mod:`.jobs`)
 """
 
@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import typer
 from rich.table import Table
@@ -29,7 +30,7 @@ from aioetl.engine.client.cli.common import (
     http_client,
     new_app,
     out,
-    parse_ais_url,
+    parse_url,
 )
 from aioetl.engine.client.cli.jobs import etl_bucket, etl_objects
 
@@ -210,15 +211,19 @@ def etl_rm(name: str, endpoint: str | None = EndpointOpt, data: str | None = Dat
 def etl_object(name: str, url: str, out_path: Path | None = typer.Argument(None, help="Output file (default stdout)."),
                args: str = typer.Option("", "--args", help="etl_args passed to transform()."),
                endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
-    """Transform one object inline (GET with etl_name) to a file or stdout."""
-    bck, obj = parse_ais_url(url)
-    if not obj:
-        raise typer.BadParameter("expected ais://BUCKET/OBJECT")
+    """Transform one object of ais://, aws:// or s3://BUCKET/OBJECT inline (GET with etl_name) to a file or stdout."""
+    from aioetl.engine.core.names import AIS, split_bck_key
+
+    bck, obj = parse_url(url, want_obj=True)
+    provider, bck_name = split_bck_key(bck)
     params = {"etl_name": name}
+    if provider != AIS:
+        params["provider"] = provider
     if args:
         params["etl_args"] = args
     with http_client(endpoint, data) as c:
-        with c.stream("GET", f"/objects/{bck}/{obj}", params=params, follow_redirects=True) as r:
+        path = f"/objects/{bck_name}/{quote(obj, safe='/')}"
+        with c.stream("GET", path, params=params, follow_redirects=True) as r:
             if r.status_code >= 400:
                 r.read()
                 check(r)

@@ -1,9 +1,15 @@
 """Offline transform jobs from the command line, with live progress.
 
     aioetl etl bucket ETL ais://src ais://dst [--prefix P --prepend P --ext jpg:txt --dry-run
-                                              --num-workers N --cont-on-err --wait/--no-wait]
+                                              --num-workers N --cont-on-err --latest --sync --wait/--no-wait]
     aioetl etl objects ETL ais://src ais://dst (--list a,b,c | --template 'x-{0..99}.txt') [...]
     aioetl job ls | show ID | wait ID | stop ID | errors ID [OUT]
+
+Either bucket may be remote: ``aws://b`` or ``s3://b`` wherever ``ais://b`` is
+accepted (the gateway adds a remote bucket on first use; objects a job reaches
+that are not cached yet are fetched by their owning targets). :func:`start_job`
+starts the other bucket jobs (``aioetl prefetch``, ``aioetl bucket evict`` of
+objects) the same way, with the same progress and summary.
 
 Progress polls ``GET /v1/cluster?what=qryxstats`` (the SDK's ``get_details``) and
 sums every target's snapshot: objects and bytes done, rate, ETA against the
@@ -35,15 +41,17 @@ from aioetl.engine.client.cli.common import (
     human,
     new_app,
     out,
-    parse_ais_url,
+    parse_url,
 )
+from aioetl.engine.core.names import bck_uri, split_bck_key
 
 job_app = new_app("List, inspect, wait for and stop jobs.")
 
 
 def _sum_snaps(snaps: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     tot: dict[str, Any] = {"done-objs": 0, "done-bytes": 0, "total-objs": 0, "total-bytes": 0, "err-total": 0,
-                           "loc-objs": 0, "loc-bytes": 0, "out-objs": 0, "out-bytes": 0, "in-objs": 0, "in-bytes": 0}
+                           "loc-objs": 0, "loc-bytes": 0, "out-objs": 0, "out-bytes": 0, "in-objs": 0, "in-bytes": 0,
+                           "remote-objs": 0, "remote-bytes": 0}
     running = False
     aborted = False
     errs: list[str] = []
@@ -51,8 +59,8 @@ def _sum_snaps(snaps: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         for s in ss:
             for k in ("done-objs", "done-bytes", "total-objs", "total-bytes", "err-total"):
                 tot[k] += int(s.get(k, 0) or 0)
-            for k, v in s["stats"].items():
-                tot[k] += int(v)
+            for k, v in s["stats"].items():  # a counter this client does not know yet is summed too
+                tot[k] = tot.get(k, 0) + int(v)
             running |= not s.get("is_idle", True)
             aborted |= bool(s.get("aborted"))
             if s.get("abort-err"):
@@ -107,6 +115,8 @@ def summary(xid: str, tot: dict[str, Any]) -> None:
     tbl.add_row("written locally", f"{tot['loc-objs']} objects, {human(tot['loc-bytes'])}")
     tbl.add_row("sent to peers", f"{tot['out-objs']} objects, {human(tot['out-bytes'])}")
     tbl.add_row("received", f"{tot['in-objs']} objects, {human(tot['in-bytes'])}")
+    if tot.get("remote-objs"):
+        tbl.add_row("fetched from remote", f"{tot['remote-objs']} objects, {human(tot.get('remote-bytes', 0))}")
     tbl.add_row("bytes in (source)", human(tot["done-bytes"]))
     tbl.add_row("bytes out", human(tot["loc-bytes"] + tot["out-bytes"]))
     tbl.add_row("errors", str(tot["err-total"]))
@@ -117,13 +127,27 @@ def summary(xid: str, tot: dict[str, Any]) -> None:
         console.print(e, style="red")
 
 
-def _start(c: httpx.Client, src: str, action: str, value: dict[str, Any], params: dict[str, str]) -> str:
-    return check(c.post(f"/buckets/{src}", params={"provider": "ais", **params},
-                         json={"action": action, "name": "", "value": value})).text
+def _start(c: httpx.Client, src: str, action: str, value: dict[str, Any], params: dict[str, str],
+           method: str = "POST") -> str:
+    """Start job ``action`` on bucket key ``src``; returns the job id (the gateway's reply)."""
+    provider, name = split_bck_key(src)
+    return check(c.request(method, f"/buckets/{name}", params={"provider": provider, **params},
+                           json={"action": action, "name": "", "value": value})).text
+
+
+def _uname(bck: str) -> str:
+    """``bck_to`` of a bucket key: ``ais/@#/b/``, ``aws/@#/b/`` (AIStore's bucket uname)."""
+    provider, name = split_bck_key(bck)
+    return f"{provider}/@#/{name}/"
+
+
+def _show(bck: str) -> str:
+    """A bucket as ``GET /v1/jobs`` gives it (a key), as the user writes it: ``ais://b``, ``aws://b``."""
+    return bck_uri(bck) if bck else ""
 
 
 def _common(prefix: str, prepend: str, ext: list[str], dry_run: bool, num_workers: int, coer: bool,
-            etl: str, pipeline: list[str]) -> dict[str, Any]:
+            etl: str, pipeline: list[str], latest: bool = False, sync: bool = False) -> dict[str, Any]:
     ext_map = {}
     for e in ext:
         a, sep, b = e.partition(":")
@@ -131,7 +155,7 @@ def _common(prefix: str, prepend: str, ext: list[str], dry_run: bool, num_worker
             raise typer.BadParameter(f"--ext expects FROM:TO, e.g. jpg:txt (got {e!r})")
         ext_map[a.lstrip(".")] = b.lstrip(".")
     v: dict[str, Any] = {"id": etl, "prefix": prefix, "prepend": prepend, "dry_run": dry_run, "force": False,
-                         "latest-ver": False, "synchronize": False, "request_timeout": "5m",
+                         "latest-ver": latest, "synchronize": sync, "request_timeout": "5m",
                          "pipeline": pipeline or None}
     if ext_map:
         v["ext"] = ext_map
@@ -154,6 +178,33 @@ def _finish(c: httpx.Client, xid: str, wait: bool) -> None:
 
 
 PIPE = typer.Option([], "--then", help="Further ETLs of a pipeline, in order (repeatable).")
+LATEST = typer.Option(False, "--latest", help="Remote source: check cached objects against the remote version.")
+SYNC = typer.Option(False, "--sync", help="Remote source: also remove destination objects gone from the source.")
+NAMES = typer.Option(None, "--list", help="Comma-separated object names.")
+TEMPLATE = typer.Option(None, "--template", help="Brace range, e.g. 'img-{0000..0999}.png'.")
+WAIT = typer.Option(True, "--wait/--no-wait")
+
+
+def listrange(obj: str, names: str | None, template: str | None) -> dict[str, Any]:
+    """The ``objnames``/``template`` value of a list-range job: one object from the URL, ``--list``
+    or ``--template`` (exactly one of them).
+
+    Raises:
+        typer.BadParameter: none or more than one.
+    """
+    if sum(map(bool, (obj, names, template))) != 1:
+        raise typer.BadParameter("give exactly one of BUCKET/OBJECT, --list and --template")
+    if template:
+        return {"template": template}
+    return {"objnames": [obj] if obj else [n for n in (names or "").split(",") if n]}
+
+
+def start_job(bck: str, action: str, value: dict[str, Any], wait: bool, endpoint: str | None, data: str | None,
+              *, method: str = "POST") -> None:
+    """Start a job without a destination (``prefetch-listrange``, ``evict-listrange``) on bucket key
+    ``bck``; then, as the ETL jobs do, wait with a progress bar and a summary, or print its id."""
+    with http_client(endpoint, data) as c:
+        _finish(c, _start(c, bck, action, value, {}, method), wait)
 
 
 def etl_bucket(
@@ -163,35 +214,37 @@ def etl_bucket(
     dry_run: bool = typer.Option(False, "--dry-run"),
     num_workers: int = typer.Option(0, "--num-workers", help="0 auto, -1 serial, N ceiling per target."),
     coer: bool = typer.Option(False, "--cont-on-err", help="Continue on per-object errors."),
-    then: list[str] = PIPE, wait: bool = typer.Option(True, "--wait/--no-wait"),
+    then: list[str] = PIPE, latest: bool = LATEST, sync: bool = SYNC, wait: bool = WAIT,
     endpoint: str | None = EndpointOpt, data: str | None = DataOpt,
 ) -> None:
-    """Transform every object of ais://SRC into ais://DST (created if missing)."""
-    s, _ = parse_ais_url(src)
-    d, _ = parse_ais_url(dst)
+    """Transform every object of SRC into DST: ais://, aws:// or s3:// buckets (an ais:// DST is created
+    if missing; an aws:// one must exist in S3)."""
+    s, _ = parse_url(src)
+    d, _ = parse_url(dst)
     with http_client(endpoint, data) as c:
-        xid = _start(c, s, "etl-bck", _common(prefix, prepend, ext, dry_run, num_workers, coer, etl, then),
-                     {"bck_to": f"ais/@#/{d}/"})
+        xid = _start(c, s, "etl-bck",
+                     _common(prefix, prepend, ext, dry_run, num_workers, coer, etl, then, latest, sync),
+                     {"bck_to": _uname(d)})
         _finish(c, xid, wait)
 
 
 def etl_objects(
     etl: str, src: str, dst: str,
-    names: str | None = typer.Option(None, "--list", help="Comma-separated object names."),
-    template: str | None = typer.Option(None, "--template", help="Brace range, e.g. 'img-{0000..0999}.png'."),
+    names: str | None = NAMES, template: str | None = TEMPLATE,
     prepend: str = typer.Option("", "--prepend"), ext: list[str] = typer.Option([], "--ext"),
     dry_run: bool = typer.Option(False, "--dry-run"), num_workers: int = typer.Option(0, "--num-workers"),
     coer: bool = typer.Option(False, "--cont-on-err"), then: list[str] = PIPE,
-    wait: bool = typer.Option(True, "--wait/--no-wait"),
+    latest: bool = LATEST, sync: bool = SYNC, wait: bool = WAIT,
     endpoint: str | None = EndpointOpt, data: str | None = DataOpt,
 ) -> None:
-    """Transform a list or a template of objects of ais://SRC into ais://DST."""
+    """Transform a list or a template of objects of SRC into DST: ais://, aws:// or s3:// buckets."""
     if bool(names) == bool(template):
         raise typer.BadParameter("give exactly one of --list and --template")
-    s, _ = parse_ais_url(src)
-    d, _ = parse_ais_url(dst)
-    v = _common("", prepend, ext, dry_run, num_workers, coer, etl, then)
-    v["tobck"] = {"name": d, "provider": "ais", "namespace": None}
+    s, _ = parse_url(src)
+    d, _ = parse_url(dst)
+    v = _common("", prepend, ext, dry_run, num_workers, coer, etl, then, latest, sync)
+    d_provider, d_name = split_bck_key(d)
+    v["tobck"] = {"name": d_name, "provider": d_provider, "namespace": None}
     if names:
         v["objnames"] = [n for n in names.split(",") if n]
     else:
@@ -207,11 +260,11 @@ def job_ls(endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> No
         jobs = check(c.get("/jobs")).json()
     tbl = Table(box=None)
     for col in ("ID", "KIND", "SRC", "DST", "STATE", "LOC", "OUT", "IN", "ERR"):
-        tbl.add_column(col)
+        tbl.add_column(col, overflow="fold" if col in ("ID", "SRC", "DST") else "ellipsis")  # ids are typed back
     for j in jobs:
         state = "aborted" if j["aborted"] else ("running" if not j["is_idle"] else "finished")
         s = j["stats"]
-        tbl.add_row(j["id"], j["kind"], j["src"], j["dst"], state, str(s.get("loc-objs", 0)),
+        tbl.add_row(j["id"], j["kind"], _show(j["src"]), _show(j["dst"]), state, str(s.get("loc-objs", 0)),
                     str(s.get("out-objs", 0)), str(s.get("in-objs", 0)), (j["err"] or "")[:60])
     out.print(tbl)
 

@@ -1,6 +1,8 @@
 """The ``aioetl`` command line (typer + rich): the root app, clusters, buckets, objects.
 
-The ETL commands live in :mod:`.etl`, the offline jobs in :mod:`.jobs`, what they
+Bucket arguments are URLs: ``ais://BUCKET[/OBJECT]`` for a cluster bucket,
+``aws://BUCKET[/OBJECT]`` or ``s3://BUCKET[/OBJECT]`` for a remote S3 bucket
+(:func:`.common.parse_url`). The ETL commands live in :mod:`.etl`, the offline jobs in :mod:`.jobs`, what they
 share (options, consoles, errors, URLs, HTTP) in :mod:`.common`; this module only
 imports them and registers their apps, so nothing imports it back.
 """
@@ -27,17 +29,21 @@ from aioetl.engine.client.cli.common import (
     human,
     new_app,
     out,
-    parse_ais_url,
+    parse_url,
     resolve_endpoint,
     run,
 )
 from aioetl.engine.client.cli.etl import etl_app
-from aioetl.engine.client.cli.jobs import job_app
+from aioetl.engine.client.cli.jobs import NAMES, TEMPLATE, WAIT, job_app, listrange, start_job
+from aioetl.engine.core.names import bck_uri, is_remote
 from aioetl.engine.node.launcher import ClusterError, LocalCluster, stop_running
+
+#: ``LsoEnt.f`` bit of an entry a target has a copy of (AIStore ``apc.EntryIsCached``)
+ENTRY_CACHED = 1 << 6
 
 app = new_app("aioetl: transform objects next to the data (AIStore ETL model).", add_completion=False)
 cluster_app = new_app("Start, stop and inspect a local cluster.")
-bucket_app = new_app("Create, remove and list buckets.")
+bucket_app = new_app("Create, remove, list and evict buckets.")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(bucket_app, name="bucket")
 app.add_typer(etl_app, name="etl")
@@ -134,45 +140,90 @@ def cluster_status(endpoint: str | None = EndpointOpt, data: str | None = DataOp
 # -- buckets -------------------------------------------------------------------
 @bucket_app.command("create")
 def bucket_create(url: str, endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
-    """Create ais://BUCKET."""
-    bck, _ = parse_ais_url(url)
+    """Create ais://BUCKET (an aws:// or s3:// bucket is created in S3; aioetl adds it on first use)."""
+    bck, _ = parse_url(url)
     run(data_client(endpoint, data).create_bucket(bck))
-    console.print(f"created ais://{bck}")
+    console.print(f"created {bck_uri(bck)}")
 
 
 @bucket_app.command("rm")
 def bucket_rm(url: str, endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
-    """Destroy ais://BUCKET and every object in it."""
-    bck, _ = parse_ais_url(url)
+    """Destroy ais://BUCKET and every object in it (remote buckets are evicted, not destroyed)."""
+    bck, _ = parse_url(url)
     run(data_client(endpoint, data).destroy_bucket(bck))
-    console.print(f"destroyed ais://{bck}")
+    console.print(f"destroyed {bck_uri(bck)}")
 
 
 @bucket_app.command("ls")
 def bucket_ls(endpoint: str | None = EndpointOpt, data: str | None = DataOpt) -> None:
-    """List buckets."""
-    for name in run(data_client(endpoint, data).list_buckets()):
-        out.print(f"ais://{name}")
+    """List buckets: ais:// ones and the aws:// ones in use."""
+    for key in run(data_client(endpoint, data).list_buckets()):
+        out.print(bck_uri(key))
+
+
+@bucket_app.command("evict")
+def bucket_evict(
+    url: str,
+    keep_md: bool = typer.Option(False, "--keep-md",
+                                 help="Keep the bucket in the cluster (else it is re-added on use)."),
+    names: str | None = NAMES, template: str | None = TEMPLATE, wait: bool = WAIT,
+    endpoint: str | None = EndpointOpt, data: str | None = DataOpt,
+) -> None:
+    """Drop the cached copies of aws://BUCKET (alias s3://), or of some of its objects
+    (aws://BUCKET/OBJECT, --list, --template); the remote keeps every object."""
+    bck, obj = parse_url(url)
+    if not is_remote(bck):
+        raise typer.BadParameter(f"only remote buckets are evicted: expected aws://BUCKET or s3://BUCKET, got {url!r}")
+    if obj or names or template:
+        if keep_md:
+            raise typer.BadParameter("--keep-md is for a whole bucket, not for objects")
+        start_job(bck, "evict-listrange", listrange(obj, names, template), wait, endpoint, data, method="DELETE")
+        return
+    run(data_client(endpoint, data).evict_bucket(bck, keep_md=keep_md))
+    console.print(f"evicted {bck_uri(bck)}" + (" (kept in the cluster)" if keep_md else ""))
+
+
+@app.command("prefetch")
+def prefetch(
+    url: str, names: str | None = NAMES, template: str | None = TEMPLATE, wait: bool = WAIT,
+    endpoint: str | None = EndpointOpt, data: str | None = DataOpt,
+) -> None:
+    """Fetch objects of aws://BUCKET (alias s3://) into the cluster: aws://BUCKET/OBJECT, --list or --template."""
+    bck, obj = parse_url(url)
+    if not is_remote(bck):
+        raise typer.BadParameter(f"only remote buckets are prefetched: expected aws://BUCKET or s3://BUCKET, "
+                                 f"got {url!r}")
+    start_job(bck, "prefetch-listrange", listrange(obj, names, template), wait, endpoint, data)
 
 
 @app.command("ls")
 def ls(
     url: str,
     prefix: str = typer.Option("", "--prefix", help="Only names starting with this."),
+    cached: bool = typer.Option(False, "--cached", help="Remote buckets: only the objects the cluster has."),
     endpoint: str | None = EndpointOpt,
     data: str | None = DataOpt,
 ) -> None:
-    """List objects of ais://BUCKET: name, size, version."""
-    bck, obj_prefix = parse_ais_url(url)
-    entries = run(data_client(endpoint, data).list_objects(bck, prefix=prefix or obj_prefix))
+    """List objects of ais://BUCKET, aws://BUCKET or s3://BUCKET: name, size, version (and cached, if remote)."""
+    bck, obj_prefix = parse_url(url)
+    remote = is_remote(bck)
+    entries = run(data_client(endpoint, data).list_objects(bck, prefix=prefix or obj_prefix, cached_only=cached))
     tbl = Table(show_edge=False, box=None)
-    tbl.add_column("NAME")
+    tbl.add_column("NAME", overflow="fold")  # a name is never cut short, even when piped (80 columns)
     tbl.add_column("SIZE", justify="right")
     tbl.add_column("VERSION", justify="right")
+    if remote:
+        tbl.add_column("CACHED")
+    n_cached = 0
     for e in entries:
-        tbl.add_row(e["n"], human(e["s"]), e.get("v", ""))
+        row = [e["n"], human(e["s"]), e.get("v", "")]
+        if remote:
+            is_cached = bool(int(e.get("f") or 0) & ENTRY_CACHED)
+            n_cached += is_cached
+            row.append("yes" if is_cached else "no")
+        tbl.add_row(*row)
     out.print(tbl)
-    console.print(f"{len(entries)} objects")
+    console.print(f"{len(entries)} objects" + (f", {n_cached} cached" if remote else ""))
 
 
 @app.command("put")
@@ -183,8 +234,8 @@ def put(
     endpoint: str | None = EndpointOpt,
     data: str | None = DataOpt,
 ) -> None:
-    """Upload a file or a directory (recursively) to ais://BUCKET[/PREFIX]."""
-    bck, prefix = parse_ais_url(url)
+    """Upload a file or a directory (recursively) to ais://BUCKET[/PREFIX] (or aws://, s3://: written through to S3)."""
+    bck, prefix = parse_url(url)
     if not path.exists():
         raise die(f"{path} does not exist")
     if path.is_file():
@@ -213,10 +264,8 @@ def get(
     endpoint: str | None = EndpointOpt,
     data: str | None = DataOpt,
 ) -> None:
-    """Download ais://BUCKET/OBJECT to a file or stdout."""
-    bck, obj = parse_ais_url(url)
-    if not obj:
-        raise typer.BadParameter("expected ais://BUCKET/OBJECT")
+    """Download ais://BUCKET/OBJECT (or aws://, s3://: fetched and cached on first GET) to a file or stdout."""
+    bck, obj = parse_url(url, want_obj=True)
     dest = None if out_path is None or str(out_path) == "-" else out_path
     n = run(data_client(endpoint, data).get_to(bck, obj, dest))
     if dest is not None:
