@@ -27,4 +27,5 @@ BENCHMARKS: dict[str, str] = {
     "pods": "perf.bench_pods",
     "matrix": "perf.bench_matrix",
     "workloads": "perf.bench_workloads",
+    "remote": "perf.bench_remote",
 }

@@ -137,6 +137,13 @@ class WireBck(msgspec.Struct):
     provider: str = "ais"
     namespace: WireNamespace = msgspec.field(default_factory=WireNamespace)
 
+    @classmethod
+    def of_key(cls, key: str) -> WireBck:
+        """From an engine bucket key: ``b`` -> ais ``b``, ``aws:b`` -> aws ``b``
+        (``aioetl.engine.core.names``; xactions do not import the engine)."""
+        provider, sep, name = key.partition(":")
+        return cls(name, provider) if sep else cls(key)
+
 
 class XactSnap(msgspec.Struct):
     """One target's ``qryxstats`` snapshot of a job (``core/xaction_wire.go`` Snap), in
@@ -276,9 +283,9 @@ class Xaction:
             kind=self.kind,
             start_time=rfc3339(self.start_ns),
             end_time=rfc3339(self.end_ns),
-            bck=WireBck(self.src_bck),
-            src_bck=WireBck(self.src_bck),
-            dst_bck=WireBck(self.dst_bck),
+            bck=WireBck.of_key(self.src_bck),
+            src_bck=WireBck.of_key(self.src_bck),
+            dst_bck=WireBck.of_key(self.dst_bck),
             ctlmsg=self.ctlmsg,
             abort_err=self.abort_err,
             err=self.err,

@@ -326,7 +326,7 @@ class Gateway:
             return await self.jobs.start(request, bck, action, value)
         if action == "evict-remote-bck":
             self._require_remote(bck, action)
-            self.meta.require_bucket(bck)
+            await self.ensure_bucket(bck)
             keep_md = request.query.get("keep_bck_md", "").lower() == "true"
             await self.meta.evict_bucket(bck, keep_md=keep_md)
             return web.Response(status=200)

@@ -551,8 +551,8 @@ class GatewayJobs:
             if st != 200:
                 continue
             for s in json.loads(body):
-                j = per.setdefault(s["id"], {"id": s["id"], "kind": s["kind"], "src": s["src-bck"]["name"],
-                                              "dst": s["dst-bck"]["name"], "snaps": {}})
+                j = per.setdefault(s["id"], {"id": s["id"], "kind": s["kind"], "src": _key_of(s["src-bck"]),
+                                              "dst": _key_of(s["dst-bck"]), "snaps": {}})
                 j["snaps"][t.daemon_id] = s
         rows: list[tuple[int, dict[str, Any]]] = []
         for xid, j in per.items():
@@ -578,6 +578,11 @@ class GatewayJobs:
         xid = request.match_info["id"]
         chunks = [b for _t, st, b in await self._each("GET", f"/v1/xactions/{xid}/errors", timeout_s=60) if st == 200]
         return web.Response(body=b"".join(chunks), content_type="application/x-ndjson")
+
+
+def _key_of(wire_bck: dict[str, Any]) -> str:
+    """The bucket key (``b``, ``aws:b``) of a snapshot's ``{"name","provider"}``."""
+    return bck_key(str(wire_bck.get("provider") or ""), str(wire_bck["name"]))
 
 
 def _parse_start(s: dict[str, Any]) -> int:

@@ -40,6 +40,7 @@ from aioetl.engine.scheduler.delivery import Sinks, plan
 from aioetl.engine.target.objects import ObjectIO
 from aioetl.engine.target.peers import Peers
 from aioetl.engine.target.pods import LocalPod, PodRuntime
+from aioetl.engine.target.remote import RemoteObjects
 from aioetl.engine.target.services import ClusterView, JobControl, NodeInfo
 from aioetl.engine.target.storage import FqnLender, Store
 from aioetl.errors import AioetlError, BadRequest, ClientError, NotFound
@@ -99,9 +100,8 @@ class EtlManager:
         self.store = store
         self.objects = objects
         self.peers = peers
-        self.sinks = Sinks(store, peers, objects.remote)
-        assert objects.remote is not None, "the target gives its ObjectIO the remote buckets' service"
-        self.remote = objects.remote
+        self.remote = objects.remote or RemoteObjects(store, cluster)  # the target shares its own
+        self.sinks = Sinks(store, peers, self.remote)
         self.runtime = runtime
         self.jobs = jobs
         self.make_comm = make_comm
