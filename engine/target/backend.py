@@ -297,11 +297,16 @@ class S3Backend:
         try:
             r = await obstore.get_async(st, obj)
             md = _md(r.meta)
-            got = 0
-            async for chunk in r.stream(min_chunk_size=CHUNK):
-                b = bytes(chunk)
-                got += len(b)
+            if md.size <= CHUNK:  # one await for a small object instead of a stream's several
+                b = bytes(await r.bytes_async())
+                got = len(b)
                 write(b)
+            else:
+                got = 0
+                async for chunk in r.stream(min_chunk_size=CHUNK):
+                    b = bytes(chunk)
+                    got += len(b)
+                    write(b)
         except Exception as e:
             raise self._error(e, bck, obj, op="GET") from None
         if got != md.size:

@@ -144,12 +144,13 @@ class RemoteObjects:
         return rmd.custom(be.provider)
 
     async def put_bytes(self, bck: str, obj: str, data: bytes) -> LomMD:
-        """Write ``data`` through to the remote, then cache it."""
+        """Write ``data`` through to the remote (uploaded from memory), then cache it."""
+        be, props = self.backend(bck)
+        rmd = await be.put_object(bck, props, obj, data)
         wf = self.store.open_work(bck, obj)
         try:
             wf.write(data)
-            custom = await self.write_through(wf)
-            return await self._finalize(wf, custom)
+            return await self._finalize(wf, rmd.custom(be.provider))
         except BaseException:
             wf.abort()
             raise

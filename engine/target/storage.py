@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import msgspec
 import xxhash
 
-from aioetl.engine.core.names import REMOTE_PROVIDERS, bck_uri, make_uname, split_bck_key, validate_obj_name
+from aioetl.engine.core.names import REMOTE_PROVIDERS, bck_uri, make_uname, validate_obj_name
 from aioetl.engine.core.smap import digest, hrw_pick
 from aioetl.errors import Conflict, InsufficientStorage, obj_not_found
 
@@ -135,13 +135,16 @@ class Mountpath:
         return digest(self.path)
 
     def bck_dir(self, bck: str) -> str:
-        """``<mountpath>/@<provider>/<name>`` of the bucket key ``bck`` (:mod:`aioetl.engine.core.names`)."""
-        p, name = split_bck_key(bck)
-        return os.path.join(self.path, "@" + p, name)
+        """``<mountpath>/@<provider>/<name>`` of the bucket key ``bck`` (:mod:`aioetl.engine.core.names`).
+
+        Plain string formatting: ``path`` is absolute and normalized (:class:`Store`), names are
+        validated, and this runs several times per object (``os.path.join`` cost ~45 us/object)."""
+        p, sep, name = bck.partition(":")
+        return f"{self.path}/@{p}/{name}" if sep else f"{self.path}/@ais/{bck}"
 
     def fqn(self, bck: str, obj: str) -> str:
         """``<mountpath>/@ais/<bck>/%ob/<obj>``: the fully qualified name of an object."""
-        return os.path.join(self.bck_dir(bck), _OBJ_DIR, obj)
+        return f"{self.bck_dir(bck)}/{_OBJ_DIR}/{obj}"
 
 
 class WorkFile:
