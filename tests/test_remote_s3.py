@@ -385,3 +385,36 @@ def test_remote_stopped_mid_job_leaves_nothing_partial(env: dict[str, Any]) -> N
         if proxy._thread is None or not proxy._thread.is_alive():
             proxy.start()
         dst.delete(missing_ok=True)
+
+
+def test_object_copy_latest_and_sync_and_prefetch_job(env: dict[str, Any]) -> None:
+    """``object.copy`` from a remote object: cached first; ``latest`` sees a change behind
+    aioetl's back; ``sync`` removes the destination when the source is gone. Prefetch is
+    a job that caches exactly the named objects."""
+    s3, client = env["s3"], env["client"]
+    objs = {f"c/{i:02d}": f"value {i}".encode() for i in range(30)}
+    fill(s3, "rb9", objs)
+    src = client.bucket("rb9", provider="aws")
+    dst = client.bucket(f"dst9-{os.getpid()}").create(exist_ok=True)
+    b3 = s3.boto3()
+    try:
+        src.object("c/00").copy(dst.object("o/00"))
+        assert dst.object("o/00").get_reader().read_all() == objs["c/00"]
+        b3.put_object(Bucket="rb9", Key="c/00", Body=b"v2")
+        src.object("c/00").copy(dst.object("o/00"))  # cached copy: the old bytes
+        assert dst.object("o/00").get_reader().read_all() == objs["c/00"]
+        src.object("c/00").copy(dst.object("o/00"), latest=True)
+        assert dst.object("o/00").get_reader().read_all() == b"v2"
+        b3.delete_object(Bucket="rb9", Key="c/00")
+        with pytest.raises(AISError) as ei:
+            src.object("c/00").copy(dst.object("o/00"), sync=True)
+        assert ei.value.status_code == 404
+        assert "o/00" not in {e.name for e in dst.list_all_objects()}, "sync removed the destination"
+        assert not any(e.is_cached() and e.name == "c/00" for e in src.list_all_objects())
+        # prefetch: a job on every target, exactly the named objects end up cached
+        want = [f"c/{i:02d}" for i in range(10, 20)]
+        job = src.objects(obj_names=want).prefetch()
+        _wait_quiet(client, job)
+        assert {e.name for e in src.list_all_objects(flags=[ListObjectFlag.CACHED])} == set(want)
+    finally:
+        dst.delete(missing_ok=True)
