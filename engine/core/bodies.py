@@ -102,6 +102,7 @@ class LsoPage(msgspec.Struct):
     pagesize: int | None = None
     names: list[str] | None = None
     props: dict[str, Any] | None = None
+    flags: int | None = None  # list flags; only LS_ARCH_DIR (1 << 3) is read: list shards' members too
 
 
 class JobAbortFromTarget(msgspec.Struct):

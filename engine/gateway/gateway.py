@@ -471,6 +471,10 @@ class Gateway:
         ``msg`` is the SDK's ``ListObjectsMsg``: ``prefix``, ``pagesize``
         (0 = 10,000), ``uuid`` and ``continuation_token`` (the last name of
         the previous page). The reply is msgpack ``LsoRes`` with Go field names.
+        With ``flags`` bit 3 (``apc.LsArchDir``) each target adds its shards' members
+        (``shard.tar/member``, flags ``EntryInArch``) to its page in name order and marks
+        the shards ``EntryIsArchive`` (:class:`aioetl.engine.target.target.Target.list_page`),
+        so the token may land between two members of a shard.
         """
         if not isinstance(msg, dict):
             raise BadRequest("invalid list-objects message: expected an object")
@@ -493,11 +497,14 @@ class Gateway:
         if is_remote(bck) and not flags & (1 << 0):  # not apc.LsCached: list the remote
             return await self.list_remote(bck, prefix, token, pagesize, uuid, props,
                                           not_cached=bool(flags & (1 << 9)), name_only=name_only or name_size)
-        body = {"uuid": uuid, "prefix": prefix, "token": token, "pagesize": pagesize}
+        body: dict[str, Any] = {"uuid": uuid, "prefix": prefix, "token": token, "pagesize": pagesize}
+        arch_dir = bool(flags & (1 << 3))  # apc.LsArchDir: targets add shards' members to their pages
+        if arch_dir:
+            body["flags"] = 1 << 3
         pages = await self.peers.gather_pages("GET", f"/v1/buckets/{bck}", body)
         more = any(p["more"] for p in pages)
         merged = heapq.merge(*(p["entries"] for p in pages), key=lambda e: e[0])
-        entries: list[list[Any]] = []  # [name, size, cksum, version, atime_ns, custom] per object
+        entries: list[list[Any]] = []  # [name, size, cksum, version, atime_ns, custom(, arch flags)] per entry
         for e in merged:
             if len(entries) == pagesize:
                 more = True
@@ -506,11 +513,12 @@ class Gateway:
         next_token = entries[-1][0] if (more and entries) else ""
         want_all = not props or "all" in props
         out_entries = []
-        for name, size, cksum, version, atime_ns, custom in entries:
-            if name_only or name_size:
-                out_entries.append({"n": name, "s": size if name_size else 0, "f": 1 << 6})
+        for name, size, cksum, version, atime_ns, custom, *rest in entries:
+            f = (1 << 6) | (rest[0] if rest else 0)  # apc.EntryIsCached | EntryIsArchive / EntryInArch
+            if name_only or name_size or f & (1 << 7):  # a shard's member: name, size, flags (xs/lso.go)
+                out_entries.append({"n": name, "s": size if (name_size or not name_only) else 0, "f": f})
                 continue
-            ent: dict[str, Any] = {"n": name, "s": size, "f": 1 << 6, "c": 1}
+            ent: dict[str, Any] = {"n": name, "s": size, "f": f, "c": 1}
             if want_all or "checksum" in props:
                 ent["cs"] = cksum
             if want_all or "version" in props:

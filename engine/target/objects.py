@@ -15,21 +15,28 @@ import functools
 import os
 import re
 import time
-from typing import TYPE_CHECKING
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
+import structlog
 from aiohttp import web
 
 from aioetl.engine.core.names import bck_uri, is_remote, split_bck_key
 from aioetl.engine.node.httpd import iter_body
 from aioetl.engine.scheduler.receipts import Receipts
+from aioetl.engine.target import archive
 from aioetl.engine.target.backend import RemoteMD
 from aioetl.engine.target.storage import CKSUM_TYPE, LomMD, Store, write_in_thread
-from aioetl.errors import AioetlError, BadRequest, RangeNotSatisfiable
+from aioetl.errors import AioetlError, BadRequest, RangeNotSatisfiable, StorageError, obj_not_found
 
 if TYPE_CHECKING:
     from aioetl.engine.target.remote import RemoteObjects
 
-__all__ = ["CHUNK", "SMALL_OBJECT", "ObjectIO", "md_headers", "parse_range"]
+__all__ = ["CHUNK", "SMALL_OBJECT", "ArchQuery", "ObjectIO", "md_headers", "parse_arch_query", "parse_range"]
+
+log = structlog.get_logger("aioetl.target")
 
 SMALL_OBJECT = 256 * 1024  # read/write whole below this; stream above
 CHUNK = 1024 * 1024
@@ -90,6 +97,54 @@ def parse_range(value: str, size: int) -> tuple[int, int]:
         raise RangeNotSatisfiable(f"range {value!r} not satisfiable for size {size}")
     end = min(int(m[2]) if m[2] else size - 1, size - 1)
     return start, end - start + 1
+
+
+@dataclass(frozen=True, slots=True)
+class ArchQuery:
+    """What a GET asks of a shard (``ais/dpq.go`` ``_arch``): one member, or a TAR of matches.
+
+    Attributes:
+        archpath: the member to read (validated, relative to the shard), or ``""``.
+        regex: the ``archregx`` pattern (``""`` matches every member).
+        mode: the match mode when ``archpath`` is ``""`` (one of ``archive.MATCH_MODES``).
+        mime: the ``archmime`` format override (``""``: by extension, then magic).
+    """
+
+    archpath: str
+    regex: str
+    mode: str
+    mime: str
+
+
+def parse_arch_query(query: Mapping[str, str], obj: str) -> ArchQuery | None:
+    """The shard part of a GET's query, or None for a plain GET. Pure.
+
+    The SDK sends ``archpath`` and ``archregx`` together (either possibly empty) once an
+    ``ArchiveConfig`` is given, and ``archmode`` only with a mode; empty values count as
+    absent. ``archpath`` loses one leading ``/`` and a leading ``<obj>/`` (as AIStore).
+    A non-empty ``archregx`` without ``archmode`` is a ``prefix`` match (AIStore would
+    return the whole shard; the SDK never sends that combination). A ``Range`` with any
+    of these is refused by the caller (501, as AIStore's ``debug.Assert(!isArch)``).
+
+    >>> parse_arch_query({"archpath": "/s.tar/a.jpg", "archregx": ""}, "s.tar").archpath
+    'a.jpg'
+
+    Raises:
+        BadRequest: a bad archpath or mode, or archpath together with a match mode.
+    """
+    path = query.get("archpath", "")
+    regex = query.get("archregx", "")
+    mime = query.get("archmime", "")
+    has_mode = "archmode" in query
+    if not path and not regex and not has_mode:
+        return None
+    if path:
+        if has_mode:
+            raise BadRequest(f'archpath="{path}" (match one) and archregx="{regex}" (match many) '
+                             "are mutually exclusive")
+        rel = archive.relative_archpath(obj, path.removeprefix("/"))
+        return ArchQuery(archive.validate_archpath(rel), "", "", mime)
+    return ArchQuery("", regex, archive.validate_match_mode(query.get("archmode", "")), mime)
 
 
 class ObjectIO:
@@ -191,6 +246,77 @@ class ObjectIO:
             return resp
         finally:
             f.close()
+
+    async def serve_archive(self, request: web.Request, bck: str, obj: str, aq: ArchQuery) -> web.StreamResponse:
+        """Answer a GET of one member of the shard ``bck/obj`` or of a TAR of its matches.
+
+        ``aq.archpath``: 200 ``application/octet-stream``, Content-Length = the member's
+        size. Otherwise: 200 ``application/x-tar`` (chunked), the matching members in
+        shard order. The shard is streamed in chunks (:mod:`.archive`), never held whole.
+        A shard that turns out corrupt after the headers went out aborts the connection
+        (the client sees a cut transfer, never a short 200).
+
+        Raises:
+            NotFound: no such object, member, or no match (before any byte is sent).
+            BadRequest: unknown format, bad regex, a corrupt archive (found before the headers).
+            AioetlError: 501 with a ``Range``.
+        """
+        if request.headers.get("Range"):
+            raise AioetlError("Range is not supported with archpath, archregx and archmode", status=501)
+        fd, md, fqn = self.store.open_object(bck, obj)  # 404 when there is no shard
+        os.close(fd)
+        label = bck_uri(bck, obj)
+        loop = asyncio.get_running_loop()
+
+        def open_source() -> archive.MemberReader | archive.TarOfMatches:
+            fmt = archive.detect_format(obj, mime=aq.mime, path=fqn)
+            if aq.archpath:
+                return archive.open_member(fqn, fmt, aq.archpath, label=label, chunk_bytes=CHUNK)
+            return archive.tar_of_matches(fqn, fmt, aq.regex, aq.mode, label=label, chunk_bytes=CHUNK)
+
+        try:
+            src = await loop.run_in_executor(None, open_source)
+        except FileNotFoundError:
+            raise obj_not_found(bck, obj) from None
+        except OSError as e:
+            raise StorageError(f"failed to read {label}: {e}") from e
+        headers = md_headers(md, bck, obj, f"{self.node_id}:{fqn}")
+        # the shard's checksum is not the member's: say none rather than mislead a checker
+        headers["ais-checksum-type"], headers["ais-checksum-value"] = "none", ""
+        if isinstance(src, archive.MemberReader):
+            headers["Content-Type"] = "application/octet-stream"
+            size = src.size
+            if size <= SMALL_OBJECT:
+                try:
+                    data = await loop.run_in_executor(None, lambda: b"".join(iter(src.read_chunk, b"")))
+                finally:
+                    src.close()
+                return web.Response(status=200, body=data, headers=headers)
+        else:
+            headers["Content-Type"] = "application/x-tar"
+            size = None
+        resp = web.StreamResponse(status=200, headers=headers)
+        if size is not None:
+            resp.content_length = size
+        try:
+            await resp.prepare(request)
+        except BaseException:
+            await loop.run_in_executor(None, src.close)
+            raise
+        try:
+            # an early exit (client gone, write error) closes the shard at once, not at GC
+            chunks_gen = cast("AsyncGenerator[bytes, None]", archive.aiter_chunks(src))
+            async with aclosing(chunks_gen) as chunks:
+                async for chunk in chunks:
+                    await resp.write(chunk)
+        except AioetlError as e:  # corrupt past the headers: cut the transfer
+            if request.transport is not None:
+                request.transport.abort()
+            log.warning("shard read failed after the reply started: connection aborted", obj=label,
+                        error=e.message)
+            return resp
+        await resp.write_eof()
+        return resp
 
     def head_remote(self, bck: str, obj: str, rmd: RemoteMD, props: str = "") -> web.StreamResponse:
         """Answer a HEAD of a remote object not cached here from the remote's metadata

@@ -3,7 +3,9 @@
 Public REST subset served here (AIStore ``ais/tgtobj.go``):
 
 - ``PUT|GET|HEAD|DELETE /v1/objects/<bck>/<obj>``: object I/O; GET honours a
-  single ``Range``; metadata goes out in the ``ais-*`` headers.
+  single ``Range``, and ``archpath`` or ``archregx``/``archmode`` (one file of a
+  shard, or a TAR of its matches: :mod:`.archive`), also with ``etl_name`` and
+  ``archpath``; metadata goes out in the ``ais-*`` headers.
 - ``GET /v1/health``, ``GET /v1/daemon?what=capacity|smap|snode``.
 
 Intra-cluster routes (gateway -> target, not part of AIStore's public API; the
@@ -30,16 +32,17 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from aioetl.engine.core.names import bck_key, is_remote, validate_obj_name
+from aioetl.engine.core.names import bck_key, bck_uri, is_remote, validate_obj_name
 from aioetl.engine.core.smap import Smap
 from aioetl.engine.node.auth import TARGET_INTERNAL, cluster_auth_middleware
 from aioetl.engine.node.httpd import error_middleware, json_response, read_json, split_obj_path
 from aioetl.engine.node.serve import serve_until_signalled, write_ready_file
 from aioetl.engine.scheduler.offline import OfflineJobs
 from aioetl.engine.scheduler.receipts import Receipts
+from aioetl.engine.target import archive
 from aioetl.engine.target.backend import Backends
 from aioetl.engine.target.etl import EtlManager
-from aioetl.engine.target.objects import ObjectIO, md_headers
+from aioetl.engine.target.objects import ArchQuery, ObjectIO, md_headers, parse_arch_query
 from aioetl.engine.target.peers import Peers
 from aioetl.engine.target.pods import LocalProcessRuntime, PodRuntime
 from aioetl.engine.target.remote import RemoteObjects
@@ -86,8 +89,74 @@ class TargetConfig:
 
 @dataclass
 class _ListSession:
+    """One listing's sorted ``(name, fqn)`` pairs, kept across its pages.
+
+    With ``arch`` (the list flag ``LS_ARCH_DIR``) shards are expanded lazily, when a
+    page reaches them: their members are inserted as ``(shard/member, "")`` right
+    where they sort. A shard's members form one contiguous block in name order (no
+    object name can start with ``<shard>/``: the shard is a file), so one slice
+    insertion per shard keeps the list sorted and a continuation token that lands
+    between two members of a shard resumes right after it.
+    """
+
     names: list[tuple[str, str]]
     touched: float = field(default_factory=time.monotonic)
+    arch: bool = False
+    prefix: str = ""
+    expanded: set[str] = field(default_factory=set)  # shards whose members are in ``names``
+    member_size: dict[str, int] = field(default_factory=dict)  # member entry name -> size
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def _expand(self, i: int, label: str) -> None:
+        """Insert the members of the shard at ``names[i]`` (once); a shard that cannot be
+        listed (corrupt, unreadable) stays a plain entry. Blocking (reads the shard)."""
+        shard, fqn = self.names[i]
+        self.expanded.add(shard)
+        try:
+            members = archive.list_members(fqn, archive.detect_format(shard), label=label)
+        except (AioetlError, OSError) as e:
+            self.expanded.discard(shard)
+            self.member_size[shard] = -1  # tried: not a listable shard
+            log.warning("shard not listed", shard=label, error=str(e))
+            return
+        block: dict[str, int] = {}
+        for m in members:
+            try:
+                name = archive.lso_entry_name(shard, m.name)
+            except AioetlError:
+                continue
+            if name.startswith(self.prefix):
+                block[name] = m.size
+        self.member_size.update(block)
+        at = bisect.bisect_left(self.names, (shard + "/", ""))
+        self.names[at:at] = [(n, "") for n in sorted(block)]
+
+    def _expandable(self, name: str, fqn: str) -> bool:
+        return (bool(fqn) and name not in self.expanded and name not in self.member_size
+                and archive.format_by_ext(name) is not None)
+
+    def page(self, token: str, pagesize: int, label: Any) -> tuple[list[tuple[str, str]], bool]:
+        """The next ``pagesize`` pairs after ``token`` and whether more follow; expands the
+        shards it meets (and, first, any shard whose name is a prefix of ``token``, whose
+        members may sort after it). Blocking with ``arch`` (reads shards); ``label(name)``
+        names a shard in messages."""
+        names = self.names
+        if self.arch and token:
+            for ext in archive.FILE_EXTENSIONS:
+                k = token.find(ext)
+                while k >= 0:
+                    cand = token[: k + len(ext)]
+                    j = bisect.bisect_left(names, (cand, ""))
+                    if j < len(names) and names[j][0] == cand and self._expandable(*names[j]):
+                        self._expand(j, label(cand))
+                    k = token.find(ext, k + 1)
+        i = bisect.bisect_right(names, (token, "\U0010ffff")) if token else 0
+        j = i
+        while j < len(names) and j - i < pagesize:
+            if self.arch and self._expandable(*names[j]):
+                self._expand(j, label(names[j][0]))
+            j += 1
+        return names[i:j], j < len(names)
 
 
 class Target:
@@ -212,9 +281,65 @@ class Target:
         bck, obj = self._obj(request)
         if is_remote(bck):
             await self.remote.ensure(bck, obj, latest=self._latest(request))
+        aq = parse_arch_query(request.query, obj)
+        if aq is not None and request.query.get("etl_name"):
+            return await self._etl_member(request, bck, obj, aq)
         if request.query.get("etl_name"):
             return await self.etl.inline_get(request, bck, obj)
+        if aq is not None:
+            return await self.objects.serve_archive(request, bck, obj, aq)
         return await self.objects.serve(request, bck, obj)
+
+    async def _etl_member(self, request: web.Request, bck: str, obj: str, aq: ArchQuery) -> web.StreamResponse:
+        """``etl_name`` with ``archpath`` on GET: transform one member of a shard.
+
+        The member is extracted (streamed) into a work file on the shard's mountpath,
+        which the pod is sent as the FQN (lent like an object's file when the pod is
+        confined; hpull is answered here too, not redirected), and the pod's output is
+        the answer. The work file is removed when the reply is read; cancelling loses
+        nothing else.
+
+        Raises:
+            BadRequest: ``archregx``/``archmode`` with ``etl_name`` (one member only), or a ``Range``.
+            NotFound: no such shard or member.
+            EtlFailed: the pod failed (424).
+        """
+        if not aq.archpath:
+            raise BadRequest("etl_name takes one archived file (archpath), not archregx/archmode")
+        if request.headers.get("Range"):
+            raise AioetlError("Range is not supported with archpath and etl_name", status=501)
+        inst = self.etl.get(request.query["etl_name"])
+        pipeline = self.etl.pipeline_urls(self.etl.parse_pipeline(request.query.get("etl_pipeline", "")))
+        fd, _md, fqn = self.store.open_object(bck, obj)
+        os.close(fd)
+        loop = asyncio.get_running_loop()
+        label = bck_uri(bck, obj)
+        wf = self.store.open_work(bck, obj)
+        try:
+            def extract() -> int:
+                fmt = archive.detect_format(obj, mime=aq.mime, path=fqn)
+                with archive.open_member(fqn, fmt, aq.archpath, label=label) as src:
+                    while chunk := src.read_chunk():
+                        wf.write(chunk)
+                return wf.size
+
+            size = await loop.run_in_executor(None, extract)
+            comm = inst.comm
+            assert comm is not None
+            member = f"{obj}/{aq.archpath}"
+            try:
+                async with comm.send(bck, member, fqn=wf.path, etl_args=request.query.get("etl_args", ""),
+                                     pipeline=pipeline) as reply:
+                    data = await reply.read()
+            except AioetlError as e:
+                inst.errors.add(bck_uri(bck, member), e.message, e.status)
+                raise
+            inst.obj_count += 1
+            inst.in_bytes += size
+            inst.out_bytes += len(data)
+        finally:
+            wf.abort()
+        return web.Response(body=data, content_type="application/octet-stream")
 
 
     async def head_object(self, request: web.Request) -> web.StreamResponse:
@@ -249,11 +374,13 @@ class Target:
     async def list_page(self, request: web.Request) -> web.StreamResponse:
         """One sorted page of this target's objects (intra-cluster).
 
-        Body: ``{"uuid", "prefix", "token", "pagesize"}``; entries strictly
+        Body: ``{"uuid", "prefix", "token", "pagesize", "flags"}``; entries strictly
         after ``token`` in name order. A listing session (``uuid``) keeps the
-        sorted names, so paging a large bucket walks the disk once.
+        sorted names, so paging a large bucket walks the disk once. With ``flags``
+        holding ``LS_ARCH_DIR`` the shards met are listed too (:class:`_ListSession`).
 
-        Returns (msgpack): ``{"entries": [[name, size, cksum, version, atime_ns, custom], ...], "more": bool}``.
+        Returns (msgpack): ``{"entries": [[name, size, cksum, version, atime_ns, custom], ...], "more": bool}``;
+        with ``LS_ARCH_DIR`` each entry has a 7th field, its archive flags (:meth:`_arch_rows`).
         """
         bck = request.match_info["bck"]
         what = request.query.get("what", "")
@@ -279,32 +406,47 @@ class Target:
             return await self._summary(bck, str(msg.get("prefix", "")))
         uuid, prefix = str(msg.get("uuid", "")), str(msg.get("prefix", ""))
         token, pagesize = str(msg.get("token", "")), int(msg.get("pagesize", 0) or 10000)
+        arch = bool(int(msg.get("flags") or 0) & archive.LS_ARCH_DIR)
         now = time.monotonic()
         for k in [k for k, s in self._lists.items() if now - s.touched > LIST_CACHE_TTL_S]:
             del self._lists[k]
-        key = f"{uuid}\x00{bck}\x00{prefix}"
+        key = f"{uuid}\x00{bck}\x00{prefix}\x00{int(arch)}"
         sess = self._lists.get(key) if uuid else None
+        loop = asyncio.get_running_loop()
         if sess is None:
-            names = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: sorted(self.store.iter_names(bck, prefix))
-            )
-            sess = _ListSession(names)
+            names = await loop.run_in_executor(None, lambda: sorted(self.store.iter_names(bck, prefix)))
+            sess = _ListSession(names, arch=arch, prefix=prefix)
             if uuid:
                 self._lists[key] = sess
         sess.touched = now
-        i = bisect.bisect_right(sess.names, (token, "\U0010ffff")) if token else 0
-        chunk = sess.names[i : i + pagesize]
-        more = i + pagesize < len(sess.names)
+        async with sess.lock:  # a page may expand shards: one page of a session at a time
+            if arch:
+                chunk, more = await loop.run_in_executor(
+                    None, sess.page, token, pagesize, lambda n: bck_uri(bck, n))
+            else:
+                chunk, more = sess.page(token, pagesize, None)
         if not more and uuid:
             self._lists.pop(key, None)
-        entries = self.store.list_page_entries(bck, chunk)
-        body = LSO_PAGE_ENCODER.encode(
-            {
-                "entries": [[n, m.size, m.cksum, m.version, m.atime_ns, m.custom] for n, m in entries],
-                "more": more,
-            }
-        )
+        if arch:
+            rows = self._arch_rows(bck, sess, chunk)
+        else:
+            rows = [[n, m.size, m.cksum, m.version, m.atime_ns, m.custom]
+                    for n, m in self.store.list_page_entries(bck, chunk)]
+        body = LSO_PAGE_ENCODER.encode({"entries": rows, "more": more})
         return web.Response(body=body, content_type="application/msgpack")
+
+    def _arch_rows(self, bck: str, sess: _ListSession, chunk: list[tuple[str, str]]) -> list[list[Any]]:
+        """Page rows with a 7th field, the entry's archive flags: ``ENTRY_IS_ARCHIVE`` on an
+        expanded shard, ``ENTRY_IN_ARCH`` on a member (``[name, size, "", 0, 0, {}, flags]``)."""
+        objs = dict(self.store.list_page_entries(bck, [(n, f) for n, f in chunk if f]))
+        rows: list[list[Any]] = []
+        for n, f in chunk:
+            if not f:
+                rows.append([n, sess.member_size[n], "", 0, 0, {}, archive.ENTRY_IN_ARCH])
+            elif (m := objs.get(n)) is not None:
+                flags = archive.ENTRY_IS_ARCHIVE if n in sess.expanded else 0
+                rows.append([n, m.size, m.cksum, m.version, m.atime_ns, m.custom, flags])
+        return rows
 
     async def _remote_page(self, bck: str, msg: dict[str, Any]) -> web.StreamResponse:
         """One page of a remote bucket's listing, as the remote gives it (intra-cluster).
